@@ -1,0 +1,1 @@
+"""Distributed NeRF numerical core."""
