@@ -1,0 +1,21 @@
+# Distributed NeRF: photos -> poses -> image pyramid -> radiance field -> evaluation.
+# Run `snakemake --cores all` (local) or `snakemake --profile profiles/slurm` (cluster).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/scene.smk"
+include: "rules/poses.smk"
+include: "rules/pyramid.smk"
+include: "rules/train.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,51 @@
+"""Send a step's output to its log file, and its final error to the terminal too.
+
+`log_to(path)` redirects file descriptors 1 and 2 (so output of C++ libraries
+such as COLMAP's goes there as well) for the duration of a step. On failure the
+traceback lands in the log, and a one-line error naming the log is written to
+the original stderr, so a Snakemake user sees it on the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+class StepError(Exception):
+    """An error a user can fix: its message names the file and the fix."""
+
+
+@contextlib.contextmanager
+def log_to(path: str | os.PathLike | None):
+    if path is None:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log = open(path, "a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    except BaseException as e:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        message = f"ERROR: {type(e).__name__}: {e}\n       (full log: {path})\n"
+        os.write(saved_err, message.encode())
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        log.close()

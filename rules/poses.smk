@@ -1,0 +1,25 @@
+# Camera poses: structure-from-motion with pycolmap, or import of existing poses.
+# Writes COLMAP's layout (sparse/0 beside images/) and nerflib's scene.json.
+
+
+rule poses:
+    input:
+        unpack(poses_input),
+    output:
+        sparse=directory("results/{scene}/sparse/0"),
+        summary="results/{scene}/poses/summary.json",
+        scene="results/{scene}/poses/scene.json",
+    params:
+        settings=poses_params,
+    log:
+        "logs/poses/{scene}.log",
+    benchmark:
+        "benchmarks/poses/{scene}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/poses.py"

@@ -1,0 +1,48 @@
+# Training of the radiance field and evaluation on the held-out views.
+# Checkpoints under results/{scene}/model/checkpoints/ are not declared outputs on
+# purpose: Snakemake deletes declared outputs of an incomplete job, and a killed
+# or preempted training job must resume from its last checkpoint.
+
+
+rule train:
+    input:
+        scene="results/{scene}/poses/scene.json",
+        images=training_images,
+    output:
+        final="results/{scene}/model/final.json",
+    params:
+        settings=train_params,
+    log:
+        "logs/train/{scene}.log",
+    benchmark:
+        "benchmarks/train/{scene}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=1440,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule evaluate:
+    input:
+        scene="results/{scene}/poses/scene.json",
+        images=training_images,
+        model="results/{scene}/model/final.json",
+    output:
+        metrics="results/{scene}/eval/metrics.tsv",
+        views=directory("results/{scene}/eval/views"),
+    log:
+        "logs/evaluate/{scene}.log",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/evaluate.py"

@@ -1,0 +1,13 @@
+"""Snakemake entry point of rule evaluate (same as `nerf eval`)."""
+from pathlib import Path
+
+from nerflib import steps
+from nerflib.logs import log_to
+
+with log_to(snakemake.log[0]):
+    steps.evaluate(
+        snakemake.input.scene,
+        snakemake.input.images,
+        model_dir=Path(snakemake.input.model).parent,
+        out_dir=Path(snakemake.output.metrics).parent,
+    )
