@@ -1,0 +1,130 @@
+"""The config and the sheet are validated before any job starts, with clear errors."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+HEADER = "scene\tsource\tcamera_model\tfactor\tpreset\tmatcher\tposes\tposes_format\trender_path\tqueries"
+GOOD_ROW = "demo\tsynthetic\tPINHOLE\t2\ttiny\texhaustive\t\t\t\tsynthetic"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    return tmp_path
+
+
+def dry_run(workdir, *extra):
+    return subprocess.run(
+        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "--cores", "1", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def write_sheet(workdir, *lines):
+    (workdir / "config" / "datasets.tsv").write_text("\n".join(lines) + "\n")
+
+
+def edit_config(workdir, **changes):
+    path = workdir / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_default_config_dry_run_lists_the_jobs(workdir):
+    result = dry_run(workdir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for rule in ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "all"):
+        assert any(line.split()[:1] == [rule] for line in out.splitlines()), f"{rule} missing from:\n{out}"
+
+
+def test_lint_is_clean():
+    result = subprocess.run(
+        [*SNAKEMAKE, "--lint", "--cores", "1"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+BAD_SHEETS = {
+    "unknown column": (
+        [HEADER + "\tcolour", GOOD_ROW + "\tred"],
+        ["line 2", "unknown column(s) colour", "Allowed columns"],
+    ),
+    "duplicate scene": ([HEADER, GOOD_ROW, GOOD_ROW], ["demo", "more than once"]),
+    "bad factor": (
+        [HEADER, GOOD_ROW.replace("\t2\t", "\t3\t")],
+        ["line 2", "column 'factor'", "3 is not allowed", "1, 2, 4, 8"],
+    ),
+    "factor not a number": ([HEADER, GOOD_ROW.replace("\t2\t", "\thalf\t")], ["column 'factor'", "'half'"]),
+    "unknown camera model": (
+        [HEADER, GOOD_ROW.replace("PINHOLE", "FISHEYE_PRO")],
+        ["column 'camera_model'", "FISHEYE_PRO", "OPENCV_FISHEYE"],
+    ),
+    "unknown matcher": (
+        [HEADER, GOOD_ROW.replace("exhaustive", "bruteforce")],
+        ["column 'matcher'", "bruteforce", "sequential"],
+    ),
+    "unknown preset": ([HEADER, GOOD_ROW.replace("tiny", "huge")], ["column 'preset'", "'huge'", "mipnerf360"]),
+    "missing folder": (
+        [HEADER, "cup\t/nonexistent/photos\tOPENCV\t4\t\tauto\t\t\t\t"],
+        ["line 2", "scene 'cup'", "column 'source'", "/nonexistent/photos", "does not exist"],
+    ),
+    "bad scene name": ([HEADER, GOOD_ROW.replace("demo", "my scene", 1)], ["column 'scene'", "my scene"]),
+    "missing source": ([HEADER, "demo\t\tPINHOLE\t2\ttiny\texhaustive\t\t\t\t"], ["line 2", "'source'"]),
+    "empty sheet": ([HEADER], ["no rows"]),
+    "missing query folder": (
+        [HEADER, GOOD_ROW.replace("\tsynthetic", "\t/nope/queries").replace("demo\t/nope/queries", "demo\tsynthetic")],
+        ["column 'queries'", "/nope/queries", "does not exist"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHEETS))
+def test_bad_sheet_fails_before_any_job(workdir, case):
+    lines, expected = BAD_SHEETS[case]
+    write_sheet(workdir, *lines)
+    result = dry_run(workdir)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "datasets.tsv" in out
+    for text in expected:
+        assert text in out, f"{text!r} not in:\n{out}"
+    assert not (workdir / "results").exists()
+
+
+BAD_CONFIGS = {
+    "unknown key": ({"colour": "red"}, ["colour"]),
+    "bad default preset": ({"default_preset": "huge"}, ["default_preset", "huge"]),
+    "too few views": ({"synthetic.views": 1}, ["views", "1"]),
+    "bad fraction": ({"sfm.min_registered_fraction": 2.5}, ["min_registered_fraction", "2.5"]),
+    "wrong type": ({"render.fps": "fast"}, ["fps", "fast"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_fails_before_any_job(workdir, case):
+    changes, expected = BAD_CONFIGS[case]
+    edit_config(workdir, **changes)
+    result = dry_run(workdir)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "config" in out.lower()
+    for text in expected:
+        assert text in out, f"{text!r} not in:\n{out}"
