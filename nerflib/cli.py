@@ -1,0 +1,113 @@
+"""`nerf`: one console entry point with a subcommand per pipeline step.
+
+Each subcommand calls the same `nerflib.steps` function as the Snakemake rule,
+so any step can be run by hand when something goes wrong:
+
+    nerf synthetic resources/synthetic/demo
+    nerf poses resources/synthetic/demo/images results/demo --camera-model PINHOLE
+    nerf pyramid resources/synthetic/demo/images results/demo/images_2 --factor 2
+    nerf train results/demo/poses/scene.json results/demo/images_2 results/demo/model --preset tiny --factor 2
+    nerf eval results/demo/poses/scene.json results/demo/images_2 results/demo/model results/demo/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from nerflib.types import CAMERA_MODELS
+
+
+def _overrides(items: list[str]) -> dict:
+    """`key=value` pairs; values parsed as JSON where possible (numbers, lists, booleans)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nerf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", help="append all output of the step to this file")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    p = sub.add_parser("synthetic", help="write the procedural demo scene (photos + ground-truth poses)")
+    p.add_argument("out_dir")
+    p.add_argument("--views", type=int, default=60)
+    p.add_argument("--heldout", type=int, default=8)
+    p.add_argument("--queries", type=int, default=4)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("poses", help="camera poses by structure-from-motion (pycolmap) or from an existing poses file")
+    p.add_argument("images", help="folder of photos")
+    p.add_argument("scene_dir", help="output folder: gets sparse/0/, poses/summary.json, poses/scene.json")
+    p.add_argument("--camera-model", default="OPENCV", choices=list(CAMERA_MODELS))
+    p.add_argument("--matcher", default="auto", choices=["auto", "exhaustive", "sequential", "vocab_tree"])
+    p.add_argument("--poses", default="", help="existing poses instead of SfM")
+    p.add_argument("--poses-format", default="auto", choices=["auto", "colmap", "blender", "llff", "json", "csv"])
+    p.add_argument("--per-image-cameras", action="store_true", help="one camera per photo instead of one shared camera")
+    p.add_argument("--max-image-size", type=int, default=3200)
+    p.add_argument("--min-registered-fraction", type=float, default=0.5)
+    p.add_argument("--vocab-tree", default="")
+    p.add_argument("--sequential-overlap", type=int, default=10)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+
+    p = sub.add_parser("pyramid", help="downsampled copies of the photos (area interpolation)")
+    p.add_argument("images")
+    p.add_argument("out_dir")
+    p.add_argument("--factor", type=int, required=True, choices=[2, 4, 8])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+
+    p = sub.add_parser("train", help="train a radiance field (resumes from the latest checkpoint)")
+    p.add_argument("scene", help="poses/scene.json")
+    p.add_argument("images", help="image folder at the training factor")
+    p.add_argument("model_dir")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "mipnerf360", "fast"])
+    p.add_argument("--factor", type=int, default=1)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set max_steps=2000 (repeatable)")
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on the held-out views and side-by-side images")
+    p.add_argument("scene")
+    p.add_argument("images")
+    p.add_argument("model_dir")
+    p.add_argument("out_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nerflib import steps
+    from nerflib.logs import log_to
+
+    with log_to(args.log):
+        if args.step == "synthetic":
+            steps.synthetic_scene(args.out_dir, views=args.views, heldout=args.heldout, queries=args.queries,
+                                  width=args.width, height=args.height, seed=args.seed)
+        elif args.step == "poses":
+            steps.poses(args.images, scene_dir=args.scene_dir, camera_model=args.camera_model, matcher=args.matcher,
+                        poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,
+                        max_image_size=args.max_image_size, min_registered_fraction=args.min_registered_fraction,
+                        vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, threads=args.threads)
+        elif args.step == "pyramid":
+            steps.pyramid(args.images, args.out_dir, factor=args.factor, threads=args.threads)
+        elif args.step == "train":
+            steps.train(args.scene, args.images, model_dir=args.model_dir, preset=args.preset, factor=args.factor,
+                        overrides=_overrides(args.overrides))
+        elif args.step == "eval":
+            steps.evaluate(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The pipeline steps, each one call: what the Snakemake rules and `nerf` run.
+
+Each function takes plain paths and options, writes its outputs atomically and
+raises an error naming the file and the fix when its input is bad.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from nerflib import fileio
+
+
+def synthetic_scene(out_dir, *, views=60, heldout=8, queries=4, width=320, height=240, seed=0) -> dict:
+    """The procedural demo scene: photos, held-out views, query photos, ground truth."""
+    from nerflib import synthetic
+
+    summary = synthetic.generate(out_dir, n_views=views, n_heldout=heldout, n_queries=queries,
+                                 width=width, height=height, seed=seed)
+    print(f"synthetic scene written to {out_dir}: {summary}")
+    return summary
+
+
+def _link_images(images: Path, scene_dir: Path) -> None:
+    """COLMAP users expect images/ beside sparse/: a symlink to the photos (never a copy)."""
+    link = scene_dir / "images"
+    target = images.resolve()
+    if link.is_symlink() or not link.exists():
+        if link.is_symlink():
+            if Path(os.readlink(link)) == target:
+                return
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+
+
+def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="", poses_format="auto",
+          single_camera=True, max_image_size=3200, min_registered_fraction=0.5, vocab_tree="",
+          sequential_overlap=10, threads=1) -> dict:
+    """Camera poses of the photos in `images`, by SfM or from an existing poses file.
+
+    Writes scene_dir/sparse/0/ (COLMAP binary), scene_dir/poses/summary.json and
+    scene_dir/poses/scene.json (cameras in the COLMAP/world frame; OpenCV axes).
+    """
+    from nerflib import images as images_mod
+    from nerflib import scene_io
+
+    images, scene_dir = Path(images), Path(scene_dir)
+    summary_path = scene_dir / "poses" / "summary.json"
+    start = time.perf_counter()
+    if poses:
+        scene = scene_io.load_poses(poses, poses_format, image_dir=images)
+        images_mod.check_images(images, min_images=3)
+        missing = [n for n in scene.names if not (images / n).is_file()]
+        if missing:
+            raise ValueError(
+                f"{poses}: {len(missing)} image(s) named in the poses file are not in {images} "
+                f"(e.g. {', '.join(missing[:3])}); fix the names or the `source` folder."
+            )
+        scene_io.write_colmap(scene, scene_dir / "sparse" / "0")
+        summary = {
+            "method": "import",
+            "poses": str(poses),
+            "format": poses_format,
+            "registered": len(scene),
+            "total": len(images_mod.list_images(images)),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        fileio.write_json(summary_path, summary)
+    else:
+        from nerflib import sfm
+
+        summary = sfm.run_sfm(
+            images, scene_dir, camera_model=camera_model, single_camera=single_camera, matcher=matcher,
+            vocab_tree=vocab_tree or None, overlap=sequential_overlap, threads=threads,
+            max_image_size=max_image_size, min_registered_fraction=min_registered_fraction,
+            summary_path=summary_path,
+        )
+        scene = scene_io.read_colmap(scene_dir / "sparse" / "0", image_dir=images)
+    scene.image_dir = str(images.resolve())
+    scene_io.write_scene_json(scene, scene_dir / "poses" / "scene.json")
+    _link_images(images, scene_dir)
+    print(f"poses: {len(scene)} cameras written to {scene_dir}")
+    return summary
+
+
+def pyramid(images, out_dir, *, factor, threads=1) -> dict:
+    """images_{factor}/: area-downsampled copies of the photos."""
+    from nerflib import pyramid as pyramid_mod
+
+    result = pyramid_mod.make_pyramid(images, out_dir, factor, threads=max(1, int(threads)))
+    print(f"pyramid x{factor}: {len(result['written'])} written, {len(result['skipped'])} up to date")
+    return result
