@@ -1,0 +1,204 @@
+"""Listing, checking and loading the input photos.
+
+Pixel layout (EXIF orientation): every reader in nerflib uses the pixels *as
+stored in the file* and ignores the EXIF orientation tag. COLMAP does the same
+(pycolmap 4.2.1 reports a 80x60 JPEG tagged "rotate 90" as width 80, height
+60), so SfM intrinsics, the image pyramid and training all see one layout.
+OpenCV's `cv2.IMREAD_COLOR` would rotate such images (OpenCV >= 3.1 applies
+the tag unless `IMREAD_IGNORE_ORIENTATION` is set), so we read with
+`IMREAD_UNCHANGED`, which never rotates. `check_images` warns when a photo
+carries a non-trivial orientation tag: such a photo looks rotated in our
+renders; re-export it with the rotation applied if that matters.
+
+Short names: `name` is a file name relative to the image folder; images are
+returned as float32 `[H, W, 3]` RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+# How many offending files an error message names before it says "and N more".
+_MAX_LISTED = 5
+
+# EXIF tag 0x0112 (Orientation); 1 = stored pixels are upright.
+_EXIF_ORIENTATION = 0x0112
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    if len(items) > _MAX_LISTED:
+        shown += f" and {len(items) - _MAX_LISTED} more"
+    return shown
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file name with a supported image extension (any case)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Sorted image file names (not paths) directly inside `folder`.
+
+    Hidden files (".name") and files with other extensions are ignored;
+    sub-folders are not searched.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(
+            f"image folder {folder} does not exist (or is not a folder); "
+            "point the scene's image folder at a directory of photos"
+        )
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+    if not names:
+        raise ValueError(
+            f"image folder {folder} holds no images; put the photos there as "
+            f"{'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)} files "
+            "(hidden files and sub-folders are ignored)"
+        )
+    return names
+
+
+def _read_header(path: Path) -> tuple[int, int, int]:
+    """(width, height, exif_orientation) after fully decoding the file.
+
+    Pillow reads the header lazily; `load()` then decodes all pixels, which is
+    what catches truncated files (OpenCV and COLMAP silently return a
+    partly grey image for a truncated JPEG).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size  # stored size: Pillow does not apply EXIF rotation here
+        try:
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # a broken EXIF block is not a broken image
+            orientation = 1
+        im.load()
+    return int(width), int(height), orientation
+
+
+def check_images(
+    folder: str | os.PathLike,
+    *,
+    min_images: int = 3,
+    single_camera: bool = False,
+) -> list[tuple[str, int, int]]:
+    """Check that every photo in `folder` can be read; return [(name, width, height)].
+
+    Raises ValueError naming the offending files when a file is empty or
+    cannot be decoded, when fewer than `min_images` images are found, or (with
+    `single_camera=True`, i.e. one shared set of intrinsics) when the images do
+    not all have the same size. Warns (UserWarning) about EXIF-rotated photos.
+    """
+    if min_images < 1:
+        raise ValueError(f"min_images must be >= 1, got {min_images}")
+    folder = Path(folder)
+    names = list_images(folder)
+    bad: list[str] = []
+    rotated: list[str] = []
+    sizes: list[tuple[str, int, int]] = []
+    for name in names:
+        path = folder / name
+        if path.stat().st_size == 0:
+            bad.append(f"{name} (empty file)")
+            continue
+        try:
+            width, height, orientation = _read_header(path)
+        except Exception as e:  # Pillow raises several types for corrupt data
+            bad.append(f"{name} ({type(e).__name__}: {e})")
+            continue
+        if orientation != 1:
+            rotated.append(name)
+        sizes.append((name, width, height))
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(names)} files in {folder} cannot be read as images: "
+            f"{_listing(bad)}. Remove these files or re-export them from the original photos."
+        )
+    if len(names) < min_images:
+        raise ValueError(
+            f"image folder {folder} holds {len(names)} image(s), at least {min_images} are needed; "
+            "add more overlapping photos of the scene"
+        )
+    if single_camera:
+        counts: dict[tuple[int, int], int] = {}
+        for _, w, h in sizes:
+            counts[(w, h)] = counts.get((w, h), 0) + 1
+        if len(counts) > 1:
+            common = max(counts, key=counts.get)
+            odd = [f"{n} ({w}x{h})" for n, w, h in sizes if (w, h) != common]
+            raise ValueError(
+                f"images in {folder} have {len(counts)} different sizes but a single shared camera "
+                f"was requested; most are {common[0]}x{common[1]}, these differ: {_listing(odd)}. "
+                "Resize or remove them, or turn single_camera off (one camera per image size)."
+            )
+    if rotated:
+        warnings.warn(
+            f"{len(rotated)} image(s) in {folder} carry an EXIF rotation tag ({_listing(rotated)}); "
+            "nerflib and COLMAP use the stored pixel layout and ignore the tag, so these views "
+            "appear rotated. Re-export them with the rotation applied if that matters.",
+            stacklevel=2,
+        )
+    return sizes
+
+
+def read_raw(path: str | os.PathLike):
+    """The file's pixels as OpenCV stores them (BGR/BGRA/gray, uint8/uint16/float), no EXIF rotation."""
+    import cv2
+
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # imdecode: safe with any characters in the path
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ValueError(f"cannot decode image {path}; remove the file or re-export it")
+    return image
+
+
+def to_float_rgb(image: np.ndarray, *, background: str = "white", source: str = "image") -> np.ndarray:
+    """OpenCV pixels (BGR/BGRA/gray, any depth) -> float32 [H, W, 3] RGB in [0, 1]."""
+    if background not in ("white", "black"):
+        raise ValueError(f"background must be 'white' or 'black', got {background!r}")
+    if image.dtype == np.uint8:
+        x = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        x = image.astype(np.float32) / 65535.0
+    elif image.dtype in (np.float32, np.float64):
+        x = np.clip(image.astype(np.float32), 0.0, 1.0)
+    else:
+        raise ValueError(f"{source}: unsupported pixel type {image.dtype}")
+    if x.ndim == 2:
+        x = x[..., None]
+    channels = x.shape[-1]
+    if channels == 1:
+        return np.repeat(x, 3, axis=-1)
+    if channels == 2:  # gray + alpha
+        x = np.concatenate([np.repeat(x[..., :1], 3, axis=-1), x[..., 1:]], axis=-1)
+    elif channels == 3:
+        return np.ascontiguousarray(x[..., ::-1])
+    elif channels == 4:
+        x = np.concatenate([x[..., 2::-1], x[..., 3:]], axis=-1)
+    else:
+        raise ValueError(f"{source}: unsupported number of channels {channels}")
+    rgb, alpha = x[..., :3], x[..., 3:]
+    bg = 1.0 if background == "white" else 0.0
+    return (rgb * alpha + bg * (1.0 - alpha)).astype(np.float32)
+
+
+def load_image(path: str | os.PathLike, *, background: str = "white") -> np.ndarray:
+    """Read one photo as float32 [H, W, 3] RGB in [0, 1], stored pixel layout.
+
+    Grayscale is replicated to 3 channels, 16-bit is divided by 65535, and an
+    alpha channel is composited onto a `background` of "white" (the NeRF
+    synthetic convention) or "black".
+    """
+    return to_float_rgb(read_raw(path), background=background, source=str(path))
