@@ -1,0 +1,164 @@
+"""Training throughput and time-to-quality of nerflib presets on a Blender scene.
+
+Prints a table (and writes JSON with --out): for each run, steady-state
+steps/s and rays/s (after `--warmup` steps, host-synced windows), the first
+step's time (XLA compile included, persistent cache as configured), peak GPU
+memory, and held-out PSNR at wall-clock marks of training time (evaluation time
+excluded from the clock).
+
+    python bench/train_bench.py --data .bench_data/lego400 \
+        --run fast:16384:1 --run mipnerf360:16384:1 --seconds 60 --eval-at 60 --eval-views 5
+
+A run is preset:batch[:devices]; devices = how many of the local devices form
+the mesh (1..N), so 1- and 2-GPU figures come from one process on one machine.
+Needs only jax/flax/optax/numpy/opencv (no snakemake, pycolmap or mediapy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nerflib import configs, datasets, evaluate, metrics, parallel, scene_io  # noqa: E402
+from nerflib import train as train_lib  # noqa: E402
+
+
+def load_blender(root: Path, split: str, *, max_views: int | None = None) -> datasets.Dataset:
+    scene = scene_io.read_blender(root / f"transforms_{split}.json")
+    ds = datasets.load_dataset(scene, image_dir=scene.image_dir, factor=1, split="all",
+                               normalize=None, near=2.0, far=6.0, white_background=True)
+    return ds
+
+
+def peak_memory_gb() -> float | None:
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use", 0) / 2**30
+    except Exception:  # noqa: BLE001 - CPU backends have no memory stats
+        return None
+
+
+def held_out_psnr(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> float:
+    fn = evaluate.make_render_fn(model, mesh)
+    values = []
+    for i, (name, rays, gt) in enumerate(test.iterate_views()):
+        if i >= n_views:
+            break
+        out = evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
+        values.append(float(metrics.psnr(np.clip(out["rgb"], 0, 1), gt)))
+    return float(np.mean(values))
+
+
+def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds) -> dict:
+    devices = jax.devices()[:n_dev]
+    mesh = parallel.make_mesh(devices)
+    overrides = dict(batch_size=batch, max_steps=args.max_steps or configs.get_preset(preset).max_steps)
+    if args.chunk:
+        overrides["render_chunk_size"] = args.chunk
+    cfg = configs.get_preset(preset, **overrides)
+    model = train_lib.make_model(cfg, train_ds.num_train_images)
+    batcher = datasets.RayBatcher(train_ds, batch_size=cfg.batch_size, mesh=mesh,
+                                  mode=datasets.choose_mode(train_ds, setting=cfg.image_sharding,
+                                                            threshold_mb=cfg.shard_threshold_mb))
+    key = jax.random.PRNGKey(0)
+    state = train_lib.init_state(cfg, train_ds, key, mesh, model=model)
+    step = train_lib.make_train_step(cfg, model, mesh, batcher=batcher)
+    data = batcher.data
+    key = parallel.replicate(np.asarray(jax.device_get(key)), mesh)
+    marks = sorted(float(s) for s in args.eval_at)
+    evals = []
+    t0 = time.perf_counter()
+    state, stats = step(state, data, key)
+    jax.block_until_ready(stats["loss"])
+    first_step_s = time.perf_counter() - t0
+    clock = first_step_s  # training wall-clock, evaluation excluded
+    n = 1
+    window_start, window_steps, rates = time.perf_counter(), 0, []
+    while clock < args.seconds and n < cfg.max_steps:
+        for _ in range(args.sync_every):
+            state, stats = step(state, data, key)
+        jax.block_until_ready(stats["loss"])
+        now = time.perf_counter()
+        dt = now - window_start
+        clock += dt
+        n += args.sync_every
+        if n > args.warmup:
+            rates.append(args.sync_every / dt)
+        window_start = now
+        while marks and clock >= marks[0]:
+            mark = marks.pop(0)
+            psnr = held_out_psnr(cfg, model, state.params, test_ds, mesh, args.eval_views)
+            evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3)})
+            print(f"  [{preset} b{batch} x{n_dev}] {clock:.0f}s step {n}: held-out PSNR {psnr:.2f}", flush=True)
+            window_start = time.perf_counter()
+    if args.final_eval and (not evals or evals[-1]["step"] != n):
+        psnr = held_out_psnr(cfg, model, state.params, test_ds, mesh, args.eval_views)
+        evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3)})
+    steps_s = float(np.median(rates)) if rates else float("nan")
+    return {
+        "preset": preset, "batch": batch, "devices": n_dev, "steps": n, "train_s": round(clock, 1),
+        "first_step_s": round(first_step_s, 1), "steps_per_s": round(steps_s, 2),
+        "rays_per_s": round(steps_s * batch) if np.isfinite(steps_s) else 0, "peak_mem_gb": peak_memory_gb(),
+        "loss": float(stats["loss"]), "train_psnr": float(stats["psnr"]), "evals": evals,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="Blender scene folder (transforms_{train,test}.json)")
+    p.add_argument("--run", action="append", required=True, help="preset:batch[:devices]")
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--max-steps", type=int, default=0, help="schedule length (0 = the preset's)")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--sync-every", type=int, default=25)
+    p.add_argument("--eval-at", nargs="*", default=[])
+    p.add_argument("--eval-views", type=int, default=5)
+    p.add_argument("--final-eval", action="store_true")
+    p.add_argument("--chunk", type=int, default=0)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    train_lib.enable_compilation_cache()
+    root = Path(args.data)
+    train_ds = load_blender(root, "train")
+    test_ds = load_blender(root, "test")
+    print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
+    results = []
+    for spec in args.run:
+        preset, batch, *dev = spec.split(":")
+        res = run_one(preset, int(batch), int(dev[0]) if dev else 1, args, train_ds, test_ds)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    meta = {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
+            "jax": jax.__version__, "commit": commit or os.environ.get("DNERF_COMMIT", "?"),
+            "host": platform.node(), "command": " ".join(sys.argv)}
+    print(f"\n{meta}")
+    print(f"| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR @ train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ev = ", ".join(f"{e['psnr']:.2f}@{e['train_s']:.0f}s" for e in r["evals"]) or "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
+        print(f"| {r['preset']} | {r['batch']} | {r['devices']} | {r['steps_per_s']} | {r['rays_per_s']:,} | "
+              f"{r['first_step_s']} | {mem} | {r['steps']} | {ev} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
