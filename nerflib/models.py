@@ -1,0 +1,467 @@
+"""mip-NeRF 360 as Flax modules: proposal fields, the NeRF field and the sampler.
+
+Short names and shapes (see also nerflib.types.Rays, nerflib.coord and
+nerflib.stepfun):
+  rays        a `Rays` pytree with batch shape `...`.
+  sdist       [..., n+1]   normalised interval endpoints in [0, 1].
+  tdist       [..., n+1]   the same endpoints in metric t (depth) units.
+  weights     [..., n]     alpha-compositing weights of the intervals.
+  means, covs [..., n, 3], [..., n, 3, 3]  Gaussians of the conical frusta.
+  density     [..., n]     volume density; rgb [..., n, 3] colour.
+
+One forward pass runs `num_levels` rounds. Round k draws intervals from the
+weights of round k-1 (the first from one interval [near, far]), evaluates a
+field on them and alpha-composites. All but the last round use a cheap
+proposal field that only predicts density; the last uses the NeRF field,
+which also predicts colour. Sampling happens in normalised distance s
+(1/t-spaced for mip-NeRF 360) and positions are contracted into a ball of
+radius 2 before encoding.
+
+Public API:
+  ModelConfig, model_mipnerf360(), model_tiny(), config_from_dict(),
+  make_model(cfg, num_images=...), init_variables(model, key, num_rays=...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nerflib import coord, render, stepfun
+from nerflib import math as nmath
+from nerflib.types import Rays
+
+__all__ = [
+    "ModelConfig",
+    "model_mipnerf360",
+    "model_tiny",
+    "config_from_dict",
+    "make_model",
+    "init_variables",
+    "NerfModel",
+    "Field",
+    "background_rgb",
+    "dummy_rays",
+]
+
+FIELDS = ("mlp", "hashgrid")
+BACKGROUNDS = ("white", "black", "random")
+CONTRACTIONS = ("mipnerf360", "none")
+DENSITY_ACTIVATIONS = ("softplus", "exp", "relu")
+DATA_LOSSES = ("charbonnier", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Every hyperparameter of the model and its losses.
+
+    The defaults are mip-NeRF 360's (paper + multinerf's configs/360.gin).
+    Only hashable values (numbers, strings, tuples) so that the config can be
+    a Flax module attribute and be saved as JSON (`dataclasses.asdict`).
+    """
+
+    # --- Sampling -------------------------------------------------------
+    num_prop_samples: tuple[int, ...] = (64, 64)  # samples of each proposal round.
+    num_nerf_samples: int = 32  # samples of the final round.
+    num_levels: int = 3  # rounds; must equal len(num_prop_samples) + 1.
+    near: float = 0.2  # default near bound for ray generation (world units).
+    far: float = 1e6  # default far bound ("infinity" for unbounded scenes).
+    raydist_fn: str = "reciprocal"  # t <-> s warp, a name in coord.RAY_WARPS.
+    single_jitter: bool = True  # one jitter per ray (not per sample) in training.
+    anneal_slope: float = 10.0  # Schlick-bias slope for annealing proposal weights (0: off).
+    dilation_multiplier: float = 0.5  # dilate proposal weights by this * mean interval width ...
+    dilation_bias: float = 0.0025  # ... plus this, in s units (anti-aliasing).
+    resample_padding: float = 0.0  # added to weights before resampling.
+    stop_level_grad: bool = True  # no gradient through the sampled intervals.
+    # --- Field ----------------------------------------------------------
+    field: str = "mlp"  # "mlp" (IPE + MLP) or "hashgrid" (nerflib.hashgrid + small MLP).
+    contraction: str = "mipnerf360"  # "mipnerf360" or "none".
+    disable_integration: bool = False  # True: plain positional encoding (zero covariance).
+    basis_shape: str = "icosahedron"  # directions positions are projected on ("axes": mip-NeRF).
+    basis_subdivisions: int = 2  # icosahedron tessellation: 2 -> 21 directions.
+    min_deg_point: int = 0  # IPE frequencies 2^min .. 2^(max-1).
+    max_deg_point: int = 12
+    share_proposal_field: bool = True  # one proposal field for all proposal rounds.
+    prop_net_depth: int = 4
+    prop_net_width: int = 256
+    nerf_net_depth: int = 8
+    nerf_net_width: int = 1024
+    skip_layer: int = 4  # concatenate the input again after every this many layers.
+    bottleneck_width: int = 256
+    use_viewdirs: bool = True
+    deg_view: int = 4  # positional-encoding degree of view directions.
+    net_depth_viewdirs: int = 1
+    net_width_viewdirs: int = 128
+    density_activation: str = "softplus"
+    density_bias: float = -1.0  # added to the raw density before the activation.
+    rgb_padding: float = 0.001  # colours span [-pad, 1 + pad] so 0 and 1 are reachable.
+    weight_init: str = "he_uniform"  # a name in jax.nn.initializers.
+    num_glo_features: int = 0  # per-image appearance (GLO) code length; 0 = off.
+    # Keyword arguments for hashgrid.HashEncoding as (name, value) pairs; used
+    # only with field="hashgrid".
+    hashgrid_options: tuple[tuple[str, Any], ...] = ()
+    # --- Rendering ------------------------------------------------------
+    background: str = "white"  # "white", "black" or "random" (random per ray in training).
+    opaque_background: bool = True  # last interval fully opaque (unbounded scenes).
+    # --- Losses ---------------------------------------------------------
+    data_loss_type: str = "charbonnier"  # "charbonnier" or "mse".
+    charb_padding: float = 0.001
+    interlevel_loss_mult: float = 1.0
+    distortion_loss_mult: float = 0.01
+
+    def __post_init__(self):
+        # Accept lists (e.g. from JSON) but store tuples, which are hashable.
+        set_ = functools.partial(object.__setattr__, self)
+        set_("num_prop_samples", tuple(int(k) for k in self.num_prop_samples))
+        set_("hashgrid_options", tuple((str(k), _freeze(v)) for k, v in dict(self.hashgrid_options).items()))
+
+        def need(ok, what, value):
+            if not ok:
+                raise ValueError(f"ModelConfig.{what}: got {value!r}")
+
+        need(self.num_levels >= 1, "num_levels must be >= 1", self.num_levels)
+        need(
+            len(self.num_prop_samples) == self.num_levels - 1,
+            f"num_levels={self.num_levels} needs num_levels - 1 proposal sample counts, num_prop_samples",
+            self.num_prop_samples,
+        )
+        for k in self.num_prop_samples + (self.num_nerf_samples,):
+            need(k >= 2, "every sample count must be >= 2", k)
+        need(0 < self.near < self.far, "need 0 < near < far", (self.near, self.far))
+        need(self.raydist_fn in coord.RAY_WARPS, f"raydist_fn must be one of {sorted(coord.RAY_WARPS)}",
+             self.raydist_fn)
+        need(self.field in FIELDS, f"field must be one of {FIELDS}", self.field)
+        need(self.contraction in CONTRACTIONS, f"contraction must be one of {CONTRACTIONS}", self.contraction)
+        need(self.background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}", self.background)
+        need(
+            self.density_activation in DENSITY_ACTIVATIONS,
+            f"density_activation must be one of {DENSITY_ACTIVATIONS}",
+            self.density_activation,
+        )
+        need(self.data_loss_type in DATA_LOSSES, f"data_loss_type must be one of {DATA_LOSSES}", self.data_loss_type)
+        need(0 <= self.min_deg_point <= self.max_deg_point, "need 0 <= min_deg_point <= max_deg_point",
+             (self.min_deg_point, self.max_deg_point))
+        need(self.basis_shape in ("icosahedron", "axes"), "basis_shape must be 'icosahedron' or 'axes'",
+             self.basis_shape)
+        need(self.basis_subdivisions >= 1, "basis_subdivisions must be >= 1", self.basis_subdivisions)
+        for name in ("prop_net_depth", "nerf_net_depth", "net_depth_viewdirs", "bottleneck_width", "num_glo_features",
+                     "skip_layer", "deg_view"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0", getattr(self, name))
+        for name in ("prop_net_width", "nerf_net_width", "net_width_viewdirs"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
+        need(self.anneal_slope >= 0, "anneal_slope must be >= 0", self.anneal_slope)
+        need(self.resample_padding >= 0, "resample_padding must be >= 0", self.resample_padding)
+        need(self.dilation_multiplier >= 0 and self.dilation_bias >= 0, "dilation must be >= 0",
+             (self.dilation_multiplier, self.dilation_bias))
+        need(hasattr(jax.nn.initializers, self.weight_init), "weight_init must name a jax.nn.initializers function",
+             self.weight_init)
+
+
+def _freeze(v):
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def model_mipnerf360(**overrides) -> ModelConfig:
+    """mip-NeRF 360 as published: 2x64 proposal + 32 NeRF samples, 4x256 / 8x1024 MLPs."""
+    return dataclasses.replace(ModelConfig(), **overrides)
+
+
+def model_tiny(**overrides) -> ModelConfig:
+    """A CPU-sized model for tests and demos (32 proposal + 16 NeRF samples)."""
+    tiny = ModelConfig(
+        num_prop_samples=(32,),
+        num_nerf_samples=16,
+        num_levels=2,
+        basis_subdivisions=1,  # 6 directions instead of 21.
+        max_deg_point=8,
+        prop_net_depth=2,
+        prop_net_width=64,
+        nerf_net_depth=3,
+        nerf_net_width=128,
+        bottleneck_width=64,
+        net_width_viewdirs=64,
+    )
+    return dataclasses.replace(tiny, **overrides)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """Rebuild a ModelConfig from `dataclasses.asdict(cfg)` (e.g. read from JSON)."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig fields: {unknown}")
+    return ModelConfig(**d)
+
+
+# ---------------------------------------------------------------------------
+# Fields.
+# ---------------------------------------------------------------------------
+
+
+def _hash_encoding(cfg: ModelConfig, name: str) -> nn.Module:
+    """The hook for field="hashgrid": nerflib.hashgrid.HashEncoding.
+
+    Contract with nerflib/hashgrid.py: `HashEncoding(**cfg.hashgrid_options)`
+    is a Flax module mapping positions x01 [..., 3] in [0, 1]^3 to features
+    [..., F]. We pass the contracted position mapped affinely from the
+    radius-2 ball to [0, 1]^3.
+    """
+    try:
+        hashgrid = importlib.import_module("nerflib.hashgrid")
+    except ImportError as err:  # the module is written separately.
+        raise ValueError(f"field='hashgrid' needs nerflib/hashgrid.py, which is not importable: {err}") from err
+    return hashgrid.HashEncoding(**dict(cfg.hashgrid_options), name=name)
+
+
+class Field(nn.Module):
+    """A radiance field on Gaussians: density (and optionally colour).
+
+    Position features are the IPE of the contracted, basis-projected Gaussians
+    (field="mlp") or hash-grid features of the contracted means
+    (field="hashgrid"); an MLP of `net_depth` x `net_width` follows. The
+    colour head sees a bottleneck of the trunk, the encoded view direction
+    and the optional GLO code.
+    """
+
+    cfg: ModelConfig
+    net_depth: int
+    net_width: int
+    predict_rgb: bool
+
+    def _position_features(self, means, covs, hash_encoding):
+        cfg = self.cfg
+        if hash_encoding is not None:
+            x = coord.contract(means) if cfg.contraction == "mipnerf360" else means
+            # Ball of radius 2 -> [0, 1]^3 (uncontracted scenes should already
+            # be scaled into [-2, 2]^3).
+            return hash_encoding((x + 2.0) / 4.0)
+        if cfg.contraction == "mipnerf360":
+            means, covs = coord.track_linearize(coord.contract, means, covs)
+        basis = jnp.asarray(coord.geodesic_basis(cfg.basis_shape, cfg.basis_subdivisions), means.dtype)
+        m, v = coord.lift_and_diagonalize(means, covs, basis)
+        return coord.integrated_pos_enc(m, v, min_deg=cfg.min_deg_point, max_deg=cfg.max_deg_point)
+
+    @nn.compact
+    def __call__(self, means, covs, viewdirs=None, glo_vec=None):
+        """means [..., n, 3], covs [..., n, 3, 3], viewdirs [..., 3], glo_vec [..., G].
+
+        Returns (density [..., n], rgb [..., n, 3] or None).
+        """
+        cfg = self.cfg
+        dense = functools.partial(nn.Dense, kernel_init=getattr(jax.nn.initializers, cfg.weight_init)())
+        # Submodules must be created here (inside the compact method).
+        hash_encoding = _hash_encoding(cfg, "hash_encoding") if cfg.field == "hashgrid" else None
+        inputs = self._position_features(means, covs, hash_encoding)
+        x = inputs
+        for i in range(self.net_depth):
+            x = nn.relu(dense(self.net_width)(x))
+            if cfg.skip_layer > 0 and i > 0 and i % cfg.skip_layer == 0:
+                x = jnp.concatenate([x, inputs], axis=-1)
+        raw_density = dense(1)(x)[..., 0] + cfg.density_bias
+        if cfg.density_activation == "softplus":
+            density = jax.nn.softplus(raw_density)
+        elif cfg.density_activation == "exp":
+            density = nmath.safe_exp(raw_density)
+        else:
+            density = nn.relu(raw_density)
+        if not self.predict_rgb:
+            return density, None
+
+        head = []
+        if cfg.use_viewdirs or glo_vec is not None:
+            if cfg.bottleneck_width > 0:
+                head.append(dense(cfg.bottleneck_width)(x))
+            batch = x.shape[:-1]
+            if cfg.use_viewdirs:
+                enc = coord.pos_enc(viewdirs, min_deg=0, max_deg=cfg.deg_view, append_identity=True)
+                head.append(jnp.broadcast_to(enc[..., None, :], batch + enc.shape[-1:]))
+            if glo_vec is not None:
+                head.append(jnp.broadcast_to(glo_vec[..., None, :], batch + glo_vec.shape[-1:]))
+            x = jnp.concatenate(head, axis=-1)
+            for _ in range(cfg.net_depth_viewdirs):
+                x = nn.relu(dense(cfg.net_width_viewdirs)(x))
+        rgb = jax.nn.sigmoid(dense(3)(x))
+        return density, rgb * (1.0 + 2.0 * cfg.rgb_padding) - cfg.rgb_padding
+
+
+# ---------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------
+
+
+def _split(rng):
+    """(key for now, key for later), or (None, None) for deterministic passes."""
+    if rng is None:
+        return None, None
+    key, rng = jax.random.split(rng)
+    return key, rng
+
+
+def _schlick_bias(x, slope):
+    """Schlick's bias curve, 0 -> 0, 1 -> 1, steeper near 0 for slope > 1."""
+    return slope * x / ((slope - 1.0) * x + 1.0)
+
+
+class NerfModel(nn.Module):
+    """mip-NeRF 360: proposal rounds, then the NeRF round. Build with `make_model`."""
+
+    cfg: ModelConfig
+    num_images: int = 1
+
+    @nn.compact
+    def __call__(self, rays: Rays, *, rng, train_frac, compute_extras: bool = False, zero_glo: bool = False):
+        """Render `rays`.
+
+        Args:
+          rays: a Rays pytree with any batch shape `...`.
+          rng: a PRNG key for jittered sampling (and random backgrounds), or
+            None for deterministic evaluation.
+          train_frac: fraction of training done, in [0, 1] (anneals the
+            proposal weights); use 1.0 for evaluation.
+          compute_extras: also return distance percentiles per level.
+          zero_glo: use an all-zero appearance code (for images that were not
+            trained on) instead of looking up `rays.cam_idx`. Otherwise
+            cam_idx must lie in [0, num_images): out-of-range lookups are
+            not checked inside jit (they produce NaN colours).
+
+        Returns:
+          renderings: one dict per round (last = final) with 'rgb' [..., 3],
+            'depth' [...], 'acc' [...] (+ extras).
+          ray_history: one dict per round with 'sdist', 'tdist' [..., n+1]
+            and 'weights' [..., n].
+        """
+        cfg = self.cfg
+        origins = jnp.asarray(rays.origins, jnp.float32)
+        directions = jnp.asarray(rays.directions, jnp.float32)
+        viewdirs = jnp.asarray(rays.viewdirs, jnp.float32)
+        radii = jnp.asarray(rays.radii, jnp.float32)
+        near = jnp.asarray(rays.near, jnp.float32)
+        far = jnp.asarray(rays.far, jnp.float32)
+        batch = origins.shape[:-1]
+
+        nerf_field = Field(cfg, cfg.nerf_net_depth, cfg.nerf_net_width, predict_rgb=True, name="nerf_field")
+        num_prop = cfg.num_levels - 1
+        if cfg.share_proposal_field:
+            shared = Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False, name="prop_field")
+            prop_fields = [shared] * num_prop
+        else:
+            prop_fields = [
+                Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False, name=f"prop_field_{i}")
+                for i in range(num_prop)
+            ]
+
+        glo_vec = None
+        if cfg.num_glo_features > 0:
+            if zero_glo:
+                glo_vec = jnp.zeros(batch + (cfg.num_glo_features,), jnp.float32)
+            else:
+                cam_idx = jnp.asarray(rays.cam_idx, jnp.int32)[..., 0]
+                glo_vec = nn.Embed(self.num_images, cfg.num_glo_features, name="glo")(cam_idx)
+
+        _, s_to_t = coord.construct_ray_warps(cfg.raydist_fn, near, far)
+        anneal = _schlick_bias(jnp.clip(train_frac, 0.0, 1.0), cfg.anneal_slope) if cfg.anneal_slope > 0 else 1.0
+
+        # Start from one interval [0, 1] in s holding all the weight.
+        sdist = jnp.concatenate([jnp.zeros_like(near), jnp.ones_like(far)], axis=-1)
+        weights = jnp.ones_like(near)
+        samples_so_far = 1
+        renderings, ray_history = [], []
+        for level in range(cfg.num_levels):
+            is_prop = level < num_prop
+            num_samples = cfg.num_prop_samples[level] if is_prop else cfg.num_nerf_samples
+            # Resampling never carries gradients back into the previous round.
+            weights = jax.lax.stop_gradient(weights)
+            if level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0):
+                # Widen the previous round's peaks by a fraction of its typical
+                # interval width so that small sampling shifts cannot miss them.
+                dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
+                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0),
+                                                            renormalize=True)
+            samples_so_far *= num_samples
+            # weights**anneal as logits; zero-width intervals get -inf. The
+            # safe_log floor keeps 0 * log(0) from producing nan at anneal 0.
+            logits = jnp.where(sdist[..., 1:] > sdist[..., :-1],
+                               anneal * nmath.safe_log(weights + cfg.resample_padding), -jnp.inf)
+            key, rng = _split(rng)
+            sdist = stepfun.sample_intervals(key, sdist, logits, num_samples, single_jitter=cfg.single_jitter,
+                                             domain=(0.0, 1.0))
+            if cfg.stop_level_grad:
+                sdist = jax.lax.stop_gradient(sdist)
+            tdist = s_to_t(sdist)
+
+            means, covs = coord.cast_rays(tdist, origins, directions, radii, diag=False)
+            if cfg.disable_integration:
+                covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE.
+            if is_prop:
+                density, rgb = prop_fields[level](means, covs)
+                rgb = jnp.zeros(means.shape, means.dtype)  # proposals carry no colour.
+            else:
+                density, rgb = nerf_field(means, covs, viewdirs, glo_vec)
+
+            weights = render.compute_alpha_weights(density, tdist, directions,
+                                                   opaque_background=cfg.opaque_background)[0]
+            key, rng = _split(rng)
+            bg_rgbs = background_rgb(cfg.background, key, batch)
+            rendering = render.volumetric_rendering(rgb, weights, tdist, bg_rgbs, t_far=far,
+                                                    compute_extras=compute_extras)
+            renderings.append(rendering)
+            ray_history.append({"sdist": sdist, "tdist": tdist, "weights": weights})
+        return renderings, ray_history
+
+
+def background_rgb(background: str, key, batch_shape: tuple[int, ...]):
+    """Background colours [*batch_shape, 3] for `ModelConfig.background`.
+
+    'random' draws a uniform colour per ray when a key is given (training:
+    discourages explaining the background with semi-transparent matter) and
+    is mid-grey for deterministic renders.
+    """
+    shape = tuple(batch_shape) + (3,)
+    if background == "white":
+        return jnp.ones(shape, jnp.float32)
+    if background == "black":
+        return jnp.zeros(shape, jnp.float32)
+    if background != "random":
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    if key is None:
+        return jnp.full(shape, 0.5, jnp.float32)
+    return jax.random.uniform(key, shape, jnp.float32)
+
+
+def make_model(cfg: ModelConfig, *, num_images: int) -> NerfModel:
+    """The Flax module for `cfg`; `num_images` sizes the GLO table."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    if int(num_images) < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images!r}")
+    return NerfModel(cfg=cfg, num_images=int(num_images))
+
+
+def dummy_rays(cfg: ModelConfig, num_rays: int = 8) -> Rays:
+    """Rays looking down +z from the origin, for initialisation and tests."""
+    n = int(num_rays)
+    dirs = np.zeros((n, 3), np.float32)
+    dirs[:, 2] = 1.0
+    return Rays(
+        origins=jnp.zeros((n, 3), jnp.float32),
+        directions=jnp.asarray(dirs),
+        viewdirs=jnp.asarray(dirs),
+        radii=jnp.full((n, 1), 1e-3, jnp.float32),
+        near=jnp.full((n, 1), cfg.near, jnp.float32),
+        far=jnp.full((n, 1), cfg.far, jnp.float32),
+        cam_idx=jnp.zeros((n, 1), jnp.int32),
+    )
+
+
+def init_variables(model: NerfModel, key, *, num_rays: int = 8):
+    """Initialise the model's variables ({'params': ...}) from `key`."""
+    if num_rays < 1:
+        raise ValueError(f"num_rays must be >= 1, got {num_rays!r}")
+    return model.init(key, dummy_rays(model.cfg, num_rays), rng=None, train_frac=1.0)

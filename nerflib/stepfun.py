@@ -1,0 +1,286 @@
+"""Piecewise-constant functions along rays ("step functions").
+
+Short names and shapes; every function works along the last axis, with any
+batch dimensions `...` in front:
+  t        [..., n+1]  sorted interval endpoints.
+  w        [..., n]    interval weights ("mass"), w >= 0, usually sum <= 1.
+  p        [..., n]    interval densities: p = w / (t[1:] - t[:-1]).
+  y, v     [..., n]    arbitrary per-interval values.
+  logits   [..., n]    log-weights (may be -inf for empty intervals).
+  u        [..., k]    quantiles in [0, 1).
+  cw       [..., n+1]  cumulative weights (a CDF sampled at `t`).
+
+mip-NeRF 360 samples each level from the previous level's weights
+(`sample_intervals`), asks the proposal weights to bound the final ones from
+above (`lossfun_outer`) and penalises spread-out weights
+(`lossfun_distortion`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "searchsorted",
+    "query",
+    "sorted_interp",
+    "integrate_weights",
+    "weight_to_pdf",
+    "pdf_to_weight",
+    "invert_cdf",
+    "sample",
+    "sample_intervals",
+    "outer_measure",
+    "lossfun_outer",
+    "lossfun_distortion",
+    "max_dilate",
+    "max_dilate_weights",
+    "weighted_percentile",
+    "resample",
+]
+
+_EPS = float(np.finfo(np.float32).eps)
+
+
+def _count(a, v, side: str):
+    """Entries of sorted `a` [..., n] that are <= v (side='right') or < v ('left')."""
+    # "compare_all" is branch-free and fast for the short vectors used here
+    # (tens to hundreds of entries per ray).
+    fn = functools.partial(jnp.searchsorted, side=side, method="compare_all")
+    return jnp.vectorize(fn, signature="(n),(m)->(m)")(a, v)
+
+
+def searchsorted(a, v):
+    """Bracketing indices of `v` [..., m] in the sorted `a` [..., n].
+
+    Returns (idx_lo, idx_hi) with a[idx_lo] <= v < a[idx_hi] when
+    a[0] <= v < a[-1]; below a[0] both are 0, at or above a[-1] both are n-1.
+    """
+    count = _count(a, v, "right")
+    n = a.shape[-1]
+    return jnp.clip(count - 1, 0, n - 1), jnp.clip(count, 0, n - 1)
+
+
+def query(tq, t, y, *, outside_value=0.0):
+    """Values of the step function (t, y) at the points `tq` [..., m]."""
+    lo, hi = searchsorted(t, tq)
+    inside = lo != hi  # equal indices mean tq is outside [t[0], t[-1]).
+    return jnp.where(inside, jnp.take_along_axis(y, lo, axis=-1), outside_value)
+
+
+def sorted_interp(x, xp, fp):
+    """Piecewise-linear interpolation like `jnp.interp`, batched.
+
+    xp [..., n] must be sorted; repeated values are allowed (an x equal to a
+    repeated value takes the last of the repeats, so a CDF's flat stretch
+    maps to the start of the next non-empty interval); fp [..., n]; x [..., m].
+    Values outside [xp[0], xp[-1]] are clamped to fp[0] / fp[-1].
+    """
+    lo, hi = searchsorted(xp, x)
+    x0, x1 = jnp.take_along_axis(xp, lo, axis=-1), jnp.take_along_axis(xp, hi, axis=-1)
+    f0, f1 = jnp.take_along_axis(fp, lo, axis=-1), jnp.take_along_axis(fp, hi, axis=-1)
+    # The bracket can have zero width (lo == hi at the ends); then use f0.
+    width = x1 - x0
+    frac = jnp.where(width > 0, (x - x0) / jnp.where(width > 0, width, 1.0), 0.0)
+    return f0 + jnp.clip(frac, 0.0, 1.0) * (f1 - f0)
+
+
+def integrate_weights(w):
+    """The CDF at the endpoints: [0, w0, w0+w1, ..., 1], shape [..., n+1].
+
+    Assumes `w` sums to 1; the partial sums are clipped at 1 and the last
+    entry is exactly 1 so that float round-off cannot push quantiles past
+    the end of the ray.
+    """
+    cw = jnp.minimum(1.0, jnp.cumsum(w[..., :-1], axis=-1))
+    pad = jnp.zeros(w.shape[:-1] + (1,), w.dtype)
+    return jnp.concatenate([pad, cw, pad + 1.0], axis=-1)
+
+
+def weight_to_pdf(t, w):
+    """Densities p = w / width; zero-width intervals are clamped to eps^2."""
+    return w / jnp.maximum(_EPS**2, t[..., 1:] - t[..., :-1])
+
+
+def pdf_to_weight(t, p):
+    """Weights w = p * width (the inverse of `weight_to_pdf`)."""
+    return p * (t[..., 1:] - t[..., :-1])
+
+
+def _normalized_weights(logits):
+    """softmax(logits) that survives rows of all -inf (returns uniform ones)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)  # all -inf: avoid inf - inf.
+    e = jnp.exp(logits - top)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    uniform = jnp.full_like(e, 1.0 / e.shape[-1])
+    return jnp.where(total > 0, e / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def invert_cdf(u, t, logits):
+    """Inverse CDF of the step function (t, softmax(logits)) at quantiles u."""
+    cw = integrate_weights(_normalized_weights(logits))
+    return sorted_interp(u, cw, t)
+
+
+def sample(rng, t, logits, num_samples: int, *, single_jitter: bool = False, deterministic_center: bool = False):
+    """Draw `num_samples` sorted points [..., num_samples] by inverse CDF.
+
+    With a key, quantiles are stratified: u_i = (i + xi) / k with xi ~ U[0,1)
+    per sample, or one xi per ray if `single_jitter`. With rng=None they are
+    evenly spaced: (i + 1/2) / k if `deterministic_center`, else
+    linspace(0, 1 - eps, k).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    k = num_samples
+    batch = t.shape[:-1]
+    i = jnp.arange(k, dtype=t.dtype)
+    if rng is None:
+        if deterministic_center:
+            u = (i + 0.5) / k
+        else:
+            u = jnp.linspace(0.0, 1.0 - _EPS, k, dtype=t.dtype)
+        u = jnp.broadcast_to(u, batch + (k,))
+    else:
+        xi = jax.random.uniform(rng, batch + ((1,) if single_jitter else (k,)), dtype=t.dtype)
+        # Quantiles must stay < 1 so that they land inside the last interval.
+        u = jnp.minimum((i + xi) / k, 1.0 - _EPS)
+    return invert_cdf(u, t, logits)
+
+
+def sample_intervals(
+    rng,
+    t,
+    logits,
+    num_samples: int,
+    *,
+    single_jitter: bool = False,
+    domain: tuple[float, float] = (-np.inf, np.inf),
+):
+    """Sample `num_samples` intervals [..., num_samples + 1] from (t, logits).
+
+    Draws interval centres with `sample(..., deterministic_center=True)`, puts
+    endpoints halfway between neighbouring centres and mirrors the first and
+    last half-widths outwards, clamped to `domain`.
+    """
+    if num_samples < 2:
+        raise ValueError(f"sample_intervals needs num_samples >= 2, got {num_samples!r}")
+    c = sample(rng, t, logits, num_samples, single_jitter=single_jitter, deterministic_center=True)
+    mid = 0.5 * (c[..., 1:] + c[..., :-1])
+    first = jnp.maximum(domain[0], 2.0 * c[..., :1] - mid[..., :1])
+    last = jnp.minimum(domain[1], 2.0 * c[..., -1:] - mid[..., -1:])
+    return jnp.concatenate([first, mid, last], axis=-1)
+
+
+def outer_measure(t, t_env, w_env):
+    """For each interval of t: the total w_env of the t_env intervals overlapping it.
+
+    Overlap means an intersection of positive length (intervals that only
+    touch at an endpoint do not count). This is the tightest upper bound on
+    any step function whose mass is a re-binning of (t_env, w_env) onto t.
+    Shape [..., n].
+    """
+    m = w_env.shape[-1]
+    cw = jnp.concatenate([jnp.zeros_like(w_env[..., :1]), jnp.cumsum(w_env, axis=-1)], axis=-1)
+    # Interval j = [a, b] overlaps env intervals first .. last - 1 with
+    # first = #{e_k <= a} - 1 (the one containing a) and last = #{e_k < b}.
+    first = jnp.clip(_count(t_env, t[..., :-1], "right") - 1, 0, m)
+    last = jnp.clip(_count(t_env, t[..., 1:], "left"), 0, m)
+    last = jnp.maximum(first, last)  # empty ranges (e.g. b <= e_0) give 0.
+    return jnp.take_along_axis(cw, last, axis=-1) - jnp.take_along_axis(cw, first, axis=-1)
+
+
+def lossfun_outer(t, w, t_env, w_env):
+    """mip-NeRF 360's interlevel loss: penalise w where it exceeds the envelope.
+
+    Loss per interval [..., n]: max(0, w - outer)^2 / (w + eps), with `outer`
+    from `outer_measure(t, t_env, w_env)`. Zero whenever (t_env, w_env) bounds
+    (t, w) from above.
+    """
+    excess = jnp.maximum(0.0, w - outer_measure(t, t_env, w_env))
+    # Dividing by w (+eps against 0/0) turns the quadratic into a loss with a
+    # constant gradient as w_env -> 0 (paper Eq. 13).
+    return excess**2 / (w + _EPS)
+
+
+def lossfun_distortion(t, w):
+    """Distortion loss of each ray [...] (paper Eq. 15), computed in O(n).
+
+    L = sum_ij w_i w_j |m_i - m_j| + (1/3) sum_i w_i^2 (t_{i+1} - t_i),
+    the double integral of |u - v| under the density with mass w_i on
+    interval i (m: midpoints). With sorted midpoints the pairwise term is
+    2 sum_i w_i (m_i W_i - (wm)_i) where W_i and (wm)_i are exclusive prefix
+    sums of w and w m.
+    """
+    m = 0.5 * (t[..., 1:] + t[..., :-1])
+    wm = w * m
+    w_before = jnp.cumsum(w, axis=-1) - w
+    wm_before = jnp.cumsum(wm, axis=-1) - wm
+    inter = 2.0 * jnp.sum(w * (m * w_before - wm_before), axis=-1)
+    intra = jnp.sum(w * w * (t[..., 1:] - t[..., :-1]), axis=-1) / 3.0
+    return inter + intra
+
+
+def max_dilate(t, y, dilation, *, domain: tuple[float, float] = (-np.inf, np.inf)):
+    """Max-pool a non-negative step function (t, y) by `dilation` on each side.
+
+    The result takes, at each point x, the largest y_i over the intervals
+    [t_i - dilation, t_{i+1} + dilation) containing x. Its endpoints are the
+    union of t, t[:-1] - dilation and t[1:] + dilation, clipped to `domain`:
+    t_out [..., 3n+1], y_out [..., 3n] (zero-width intervals are harmless).
+    """
+    lo = t[..., :-1] - dilation
+    hi = t[..., 1:] + dilation
+    t_out = jnp.clip(jnp.sort(jnp.concatenate([t, lo, hi], axis=-1), axis=-1), *domain)
+    # Evaluate at interval midpoints: robust to ties between endpoints.
+    x = 0.5 * (t_out[..., 1:] + t_out[..., :-1])
+    covers = (lo[..., None, :] <= x[..., :, None]) & (x[..., :, None] < hi[..., None, :])
+    y_out = jnp.max(jnp.where(covers, y[..., None, :], 0.0), axis=-1)
+    return t_out, y_out
+
+
+def max_dilate_weights(
+    t,
+    w,
+    dilation,
+    *,
+    domain: tuple[float, float] = (-np.inf, np.inf),
+    renormalize: bool = False,
+):
+    """`max_dilate` applied to the densities of (t, w), returned as weights."""
+    t_out, p_out = max_dilate(t, weight_to_pdf(t, w), dilation, domain=domain)
+    w_out = pdf_to_weight(t_out, p_out)
+    if renormalize:
+        # eps^2 floor: an all-zero row stays zero instead of becoming nan.
+        w_out = w_out / jnp.maximum(_EPS**2, jnp.sum(w_out, axis=-1, keepdims=True))
+    return t_out, w_out
+
+
+def weighted_percentile(t, w, ps):
+    """Percentiles `ps` (in [0, 100]) of (t, w) [..., len(ps)]; w must sum to 1."""
+    ps = jnp.asarray(ps, dtype=t.dtype)
+    u = jnp.broadcast_to(ps / 100.0, t.shape[:-1] + ps.shape)
+    return sorted_interp(u, integrate_weights(w), t)
+
+
+def resample(t, tp, vp, *, use_avg: bool = False):
+    """Re-bin the step function (tp [..., m+1], vp [..., m]) onto t [..., n+1].
+
+    By default each output interval gets the sum of the mass of vp falling
+    inside it (mass is spread uniformly within each input interval); with
+    `use_avg` it gets the width-weighted average value instead. Mass outside
+    [tp[0], tp[-1]] is zero.
+    """
+    if use_avg:
+        wp = tp[..., 1:] - tp[..., :-1]
+        num = resample(t, tp, vp * wp)
+        den = resample(t, tp, wp)
+        return num / jnp.maximum(_EPS, den)  # empty output intervals -> 0.
+    acc = jnp.concatenate([jnp.zeros_like(vp[..., :1]), jnp.cumsum(vp, axis=-1)], axis=-1)
+    acc_t = sorted_interp(t, tp, acc)
+    return acc_t[..., 1:] - acc_t[..., :-1]
