@@ -9,7 +9,7 @@ excluded from the clock).
     python bench/train_bench.py --data .bench_data/lego400 \
         --run fast:16384:1 --run mipnerf360:16384:1 --seconds 60 --eval-at 60 --eval-views 5
 
-A run is preset:batch[:devices]; devices = how many of the local devices form
+A run is preset:batch[:devices[:seconds]]; devices = how many of the local devices form
 the mesh (1..N), so 1- and 2-GPU figures come from one process on one machine.
 Needs only jax/flax/optax/numpy/opencv (no snakemake, pycolmap or mediapy).
 """
@@ -61,7 +61,7 @@ def held_out_psnr(cfg, model, params, test: datasets.Dataset, mesh, n_views: int
     return float(np.mean(values))
 
 
-def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds) -> dict:
+def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float) -> dict:
     devices = jax.devices()[:n_dev]
     mesh = parallel.make_mesh(devices)
     overrides = dict(batch_size=batch, max_steps=args.max_steps or configs.get_preset(preset).max_steps)
@@ -86,7 +86,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds) -> dic
     clock = first_step_s  # training wall-clock, evaluation excluded
     n = 1
     window_start, window_steps, rates = time.perf_counter(), 0, []
-    while clock < args.seconds and n < cfg.max_steps:
+    while clock < seconds and n < cfg.max_steps:
         for _ in range(args.sync_every):
             state, stats = step(state, data, key)
         jax.block_until_ready(stats["loss"])
@@ -118,7 +118,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds) -> dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="Blender scene folder (transforms_{train,test}.json)")
-    p.add_argument("--run", action="append", required=True, help="preset:batch[:devices]")
+    p.add_argument("--run", action="append", required=True, help="preset:batch[:devices[:seconds]]")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-steps", type=int, default=0, help="schedule length (0 = the preset's)")
     p.add_argument("--warmup", type=int, default=50)
@@ -136,10 +136,21 @@ def main(argv=None) -> int:
     print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
     results = []
     for spec in args.run:
-        preset, batch, *dev = spec.split(":")
-        res = run_one(preset, int(batch), int(dev[0]) if dev else 1, args, train_ds, test_ds)
+        preset, batch, *rest = spec.split(":")
+        dev = rest[:1]
+        seconds = float(rest[1]) if len(rest) > 1 else args.seconds
+        try:
+            res = run_one(preset, int(batch), int(dev[0]) if dev else 1, args, train_ds, test_ds, seconds)
+        except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            res = {"preset": preset, "batch": int(batch), "devices": int(dev[0]) if dev else 1,
+                   "error": f"{type(e).__name__}: {e}"[:500]}
         results.append(res)
         print(json.dumps(res), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"results": results}, indent=1))
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -151,6 +162,9 @@ def main(argv=None) -> int:
     print(f"| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR @ train s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        if "error" in r:
+            print(f"| {r['preset']} | {r['batch']} | {r['devices']} | failed: {r['error'][:80]} |")
+            continue
         ev = ", ".join(f"{e['psnr']:.2f}@{e['train_s']:.0f}s" for e in r["evals"]) or "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         print(f"| {r['preset']} | {r['batch']} | {r['devices']} | {r['steps_per_s']} | {r['rays_per_s']:,} | "
