@@ -92,3 +92,45 @@ def pyramid(images, out_dir, *, factor, threads=1) -> dict:
     result = pyramid_mod.make_pyramid(images, out_dir, factor, threads=max(1, int(threads)))
     print(f"pyramid x{factor}: {len(result['written'])} written, {len(result['skipped'])} up to date")
     return result
+
+
+def _load_split(cfg, scene_json, images, *, split: str):
+    """A split of the scene at cfg.factor; forward-facing captures are normalized as such."""
+    import dataclasses
+
+    from nerflib import datasets, scene_io
+
+    scene = scene_io.read_scene_json(scene_json)
+    if scene.forward_facing and cfg.normalize == "360":
+        cfg = dataclasses.replace(cfg, normalize="forward")
+    return datasets.load_for_config(cfg, scene, image_dir=images, split=split)
+
+
+def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=None) -> dict:
+    """Train (or resume) the radiance field of a scene; writes model_dir/final.json last."""
+    import jax
+
+    from nerflib import configs, parallel
+    from nerflib import train as train_mod
+
+    parallel.initialize_distributed()
+    cfg = configs.get_preset(preset, factor=int(factor), **dict(overrides or {}))
+    dataset = _load_split(cfg, scene_json, images, split="train")
+    summary = train_mod.train(cfg, dataset, model_dir)
+    if jax.process_index() == 0:
+        fileio.write_json(Path(model_dir) / "final.json", {"preset": preset, **summary})
+    return summary
+
+
+def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
+    """PSNR/SSIM of the held-out views: out_dir/metrics.tsv and out_dir/views/."""
+    from nerflib import checkpoint, parallel
+    from nerflib import evaluate as eval_mod
+
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh()
+    cfg, params, step = checkpoint.restore_params(model_dir, mesh)
+    dataset = _load_split(cfg, scene_json, images, split="test")
+    result = eval_mod.evaluate(cfg, dataset, params, out_dir, mesh=mesh)
+    print(f"evaluated step {step}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}")
+    return result

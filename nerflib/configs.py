@@ -1,0 +1,349 @@
+"""Training configuration: one frozen dataclass, named presets, JSON round trip.
+
+`Config` holds the model (`models.ModelConfig`) and every training knob; no
+global registry. The resolved config is written next to the checkpoints
+(`model/config.json`) and read back by evaluation and resumption.
+
+Presets (named functions; `get_preset(name, **overrides)` applies overrides):
+  mipnerf360()  the paper's training recipe (multinerf configs.py + configs/360.gin),
+  tiny()        CPU-sized, for the demo and CI,
+  fast()        hash-grid field with small MLPs (untuned, see its docstring).
+
+Overrides use field names; model fields go either as `model={...}` or as
+dotted names through a dict: `get_preset('tiny', **{'model.num_nerf_samples': 8})`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from nerflib import fileio
+from nerflib.models import ModelConfig, model_mipnerf360, model_tiny
+
+PRESETS = ("mipnerf360", "tiny", "fast")
+NORMALIZE_MODES = ("360", "forward", None)
+IMAGE_SHARDING = ("auto", "replicate", "shard")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a training run. Defaults are mipnerf360()'s.
+
+    Sources: "mn configs.py" = multinerf internal/configs.py defaults,
+    "mn 360.gin" = multinerf configs/360.gin, "mn train.py" / "mn train_utils.py"
+    the training loop; "ours" = our own choice (bookkeeping, not the science).
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=model_mipnerf360)
+
+    # --- Data -------------------------------------------------------------
+    factor: int = 4  # image downsampling; mn 360.gin Config.factor = 4.
+    test_every: int = 8  # every 8th image held out; mn configs.py llffhold = 8 (0: no hold-out).
+    normalize: str | None = "360"  # scene_io.normalize_scene mode; None keeps the given frame.
+    # Ray bounds; None: the scene's own if it has them, else the model's
+    # (ModelConfig.near/far = mn 360.gin 0.2 / 1e6); see datasets.load_for_config.
+    near: float | None = None
+    far: float | None = None
+    # Where training images live on the devices (ours): "replicate" = every
+    # device holds all of them, batches are identical for any device count;
+    # "shard" = each device holds 1/D of the images and samples its share of
+    # the batch from them (memory scales to big captures, batches depend on
+    # D); "auto" = shard when the uint8 images exceed shard_threshold_mb.
+    image_sharding: str = "auto"
+    shard_threshold_mb: float = 2048.0
+
+    # --- Optimisation -------------------------------------------------------
+    batch_size: int = 16384  # rays per step (global); mn configs.py (360.gin keeps it).
+    max_steps: int = 250_000  # mn configs.py.
+    lr_init: float = 2e-3  # mn configs.py.
+    lr_final: float = 2e-5  # mn configs.py.
+    lr_delay_steps: int = 512  # warm-up steps; mn configs.py.
+    lr_delay_mult: float = 0.01  # warm-up starts at lr_init * this; mn configs.py.
+    adam_beta1: float = 0.9  # mn configs.py.
+    adam_beta2: float = 0.999  # mn configs.py.
+    adam_eps: float = 1e-6  # mn configs.py.
+    grad_max_norm: float = 1e-3  # gradient norm clip, 0 = off; mn configs.py.
+    grad_max_val: float = 0.0  # gradient value clip, 0 = off; mn configs.py.
+    # Clip each top-level module (proposal field, NeRF field, ...) separately,
+    # as mn train_utils.clip_gradients does; False = one global norm (optax).
+    grad_clip_per_module: bool = True
+
+    # --- Bookkeeping (ours unless stated) ----------------------------------
+    seed: int = 20200823  # mn train.py random.PRNGKey(20200823).
+    checkpoint_every: int = 5000  # mn uses 25000; more often costs ~nothing and loses less on a crash.
+    keep_checkpoints: int = 3
+    print_every: int = 100  # mn configs.py.
+    tb_every: int = 100  # mn writes TensorBoard at print_every.
+    eval_every: int = 5000  # PSNR of one held-out view during training; mn train_render_every; 0 = off.
+    render_chunk_size: int = 16384  # rays per rendering call (global); mn configs.py.
+    eval_quantize: bool = True  # metrics on 8-bit images; mn configs.py eval_quantize_metrics.
+    nan_patience: int = 20  # consecutive non-finite steps before restoring the last checkpoint.
+    max_lr_drops: int = 4  # give up (RuntimeError) after this many restore + halve-LR rounds.
+    # Debug knob for tests: steps (0-based state.step) whose rays are made NaN
+    # (NaN camera poses fed to the same compiled step), only while the LR
+    # multiplier is still 1: a transient blow-up that one LR drop cures.
+    debug_nan_steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "debug_nan_steps", tuple(int(s) for s in self.debug_nan_steps))
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"Config.model must be a ModelConfig, got {type(self.model).__name__}")
+
+        def need(ok, what, value):
+            if not ok:
+                raise ValueError(f"Config.{what}, got {value!r}")
+
+        for name in ("batch_size", "max_steps", "factor", "checkpoint_every", "keep_checkpoints", "print_every",
+                     "tb_every", "render_chunk_size", "nan_patience"):
+            need(int(getattr(self, name)) >= 1, f"{name} must be >= 1", getattr(self, name))
+        for name in ("test_every", "eval_every", "lr_delay_steps", "max_lr_drops"):
+            need(int(getattr(self, name)) >= 0, f"{name} must be >= 0", getattr(self, name))
+        need(self.lr_init > 0 and self.lr_final > 0, "lr_init and lr_final must be positive", (self.lr_init, self.lr_final))
+        need(self.lr_delay_mult > 0, "lr_delay_mult must be positive", self.lr_delay_mult)
+        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam betas must be in [0, 1)",
+             (self.adam_beta1, self.adam_beta2))
+        need(self.adam_eps >= 0, "adam_eps must be >= 0", self.adam_eps)
+        need(self.grad_max_norm >= 0 and self.grad_max_val >= 0, "gradient clips must be >= 0 (0 = off)",
+             (self.grad_max_norm, self.grad_max_val))
+        need(self.normalize in NORMALIZE_MODES, f"normalize must be one of {NORMALIZE_MODES}", self.normalize)
+        need(self.image_sharding in IMAGE_SHARDING, f"image_sharding must be one of {IMAGE_SHARDING}",
+             self.image_sharding)
+        if self.near is not None or self.far is not None:
+            need(0 <= self.ray_near < self.ray_far, "need 0 <= near < far", (self.near, self.far))
+
+    @property
+    def ray_near(self) -> float:
+        """near, or the model's default (what applies when the scene has no bounds)."""
+        return float(self.model.near if self.near is None else self.near)
+
+    @property
+    def ray_far(self) -> float:
+        return float(self.model.far if self.far is None else self.far)
+
+    @property
+    def white_background(self) -> bool:
+        """Composite images with alpha onto white, matching the model's background ('black' -> False)."""
+        return self.model.background != "black"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def mipnerf360(**overrides) -> Config:
+    """mip-NeRF 360 as trained in the paper (see the field comments for each value's source).
+
+    batch 16384 rays, 250k steps, Adam(0.9, 0.999, 1e-6), lr 2e-3 -> 2e-5
+    log-linear with a 512-step warm-up from 1% (multinerf configs.py; 360.gin
+    changes none of these), gradient norm clipped to 1e-3 per MLP
+    (train_utils.clip_gradients), images at 1/4 resolution (360.gin), every
+    8th image held out (llffhold). The model is models.model_mipnerf360().
+    """
+    return _replace(Config(model=model_mipnerf360()), overrides)
+
+
+def tiny(**overrides) -> Config:
+    """CPU-sized (demo, CI): models.model_tiny(), 1024-ray batches, a few thousand steps.
+
+    Not a paper recipe: a higher learning rate (1e-2 -> 1e-4), a short warm-up,
+    and no gradient clipping (the 1e-3 per-module clip of mip-NeRF 360 is tuned
+    for 16k-ray batches and 250k steps and slows a short run down).
+    """
+    base = Config(
+        model=model_tiny(),
+        factor=2,
+        batch_size=1024,
+        max_steps=3000,
+        lr_init=1e-2,
+        lr_final=1e-4,
+        lr_delay_steps=100,
+        lr_delay_mult=0.01,
+        grad_max_norm=0.0,
+        checkpoint_every=500,
+        keep_checkpoints=2,
+        print_every=50,
+        tb_every=50,
+        eval_every=0,
+        render_chunk_size=4096,
+    )
+    return _replace(base, overrides)
+
+
+def fast(**overrides) -> Config:
+    """Hash-grid field (models field='hashgrid') with small MLPs: untuned, ours.
+
+    Values follow instant-ngp's optimiser (lr 1e-2, Adam beta2 0.99, eps
+    1e-15, no gradient clipping) with mip-NeRF 360's sampling and losses; the
+    schedule (25k steps, 1e-2 -> 1e-3) is a starting point, not a measured one.
+    """
+    model = model_mipnerf360(
+        field="hashgrid",
+        prop_net_depth=1,
+        prop_net_width=64,
+        nerf_net_depth=1,
+        nerf_net_width=64,
+        bottleneck_width=15,
+        net_depth_viewdirs=2,
+        net_width_viewdirs=64,
+        skip_layer=0,
+        hashgrid_options=(("num_levels", 16), ("features_per_level", 2), ("log2_table_size", 19),
+                          ("base_resolution", 16), ("max_resolution", 2048)),
+    )
+    base = Config(
+        model=model,
+        batch_size=16384,
+        max_steps=25_000,
+        lr_init=1e-2,
+        lr_final=1e-3,
+        lr_delay_steps=1000,
+        lr_delay_mult=0.01,
+        adam_beta2=0.99,
+        adam_eps=1e-15,
+        grad_max_norm=0.0,
+        checkpoint_every=2500,
+    )
+    return _replace(base, overrides)
+
+
+def get_preset(name: str, **overrides) -> Config:
+    """The preset `name` ('mipnerf360', 'tiny', 'fast') with `overrides` applied."""
+    factories = {"mipnerf360": mipnerf360, "tiny": tiny, "fast": fast}
+    if name not in factories:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return factories[name](**overrides)
+
+
+def _replace(cfg: Config, overrides: dict) -> Config:
+    """Apply top-level, `model={...}` and dotted `model.x` overrides, validating names and types."""
+    if not overrides:
+        return cfg
+    top: dict[str, Any] = {}
+    model_over: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "model":
+            if isinstance(value, ModelConfig):
+                top["model"] = value
+            elif isinstance(value, dict):
+                model_over.update(value)
+            else:
+                raise ValueError(f"override model= must be a ModelConfig or a dict, got {type(value).__name__}")
+        elif key.startswith("model."):
+            model_over[key[len("model."):]] = value
+        else:
+            top[key] = value
+    merged = to_dict(cfg)
+    for key, value in top.items():
+        if key not in merged:
+            raise ValueError(f"unknown config field {key!r}; known: {', '.join(sorted(merged))}")
+        merged[key] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    for key, value in model_over.items():
+        if key not in merged["model"]:
+            raise ValueError(f"unknown model config field {key!r}; known: {', '.join(sorted(merged['model']))}")
+        merged["model"][key] = value
+    return from_dict(merged)
+
+
+def scale_batch_size(cfg: Config, new_batch_size: int) -> Config:
+    """The config for another batch size, keeping the training recipe equivalent.
+
+    For out-of-memory errors. multinerf's README ("OOM errors"): "reduce the
+    batch size (Config.batch_size) ... If you do this, but want to preserve
+    quality, be sure to increase the number of training iterations and
+    decrease the learning rate by whatever scale factor you decrease batch
+    size by." With s = new_batch_size / batch_size this sets
+        lr_init, lr_final    *= s
+        max_steps            /= s   (rounded; the same number of rays seen)
+        lr_delay_steps       /= s   (ours: the warm-up then covers the same rays)
+    e.g. halving the batch halves both learning rates and doubles the steps.
+    Checkpoint/print intervals are left alone. s > 1 (a bigger batch for more
+    devices) is allowed, but linear LR scaling upwards is less safe with Adam.
+    """
+    new_batch_size = int(new_batch_size)
+    if new_batch_size < 1:
+        raise ValueError(f"new_batch_size must be >= 1, got {new_batch_size}")
+    s = new_batch_size / cfg.batch_size
+    return dataclasses.replace(
+        cfg,
+        batch_size=new_batch_size,
+        lr_init=cfg.lr_init * s,
+        lr_final=cfg.lr_final * s,
+        max_steps=max(1, round(cfg.max_steps / s)),
+        lr_delay_steps=round(cfg.lr_delay_steps / s),
+    )
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg) -> dict:
+    """Plain JSON-able dict (nested dataclasses -> dicts, tuples -> lists)."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def _convert(value, hint):
+    """Rebuild `value` (from JSON) as type `hint`: dataclasses, tuples, optionals."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(value, args[0]) if len(args) == 1 else value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(x, args[0]) for x in value)
+        if args:
+            return tuple(_convert(x, a) for x, a in zip(value, args))
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, list):  # Any-typed: keep JSON lists hashable
+        return tuple(_convert(x, Any) for x in value)
+    return value
+
+
+def _from_dict(cls, d: dict):
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be read from a dict, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**{k: _convert(v, hints[k]) for k, v in d.items()})
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `to_dict`; missing fields take their defaults, unknown ones raise ValueError."""
+    return _from_dict(Config, d)
+
+
+def save_json(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically."""
+    fileio.write_json(path, to_dict(cfg))
+
+
+def load_json(path: str | os.PathLike) -> Config:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read config {path}: {e}") from e
+    return from_dict(d)

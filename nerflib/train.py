@@ -1,0 +1,641 @@
+"""Training as a library: `init_state`, `make_train_step`, `train`.
+
+Data parallel over a 1-D mesh (nerflib.parallel): the TrainState is
+replicated, each step's ray batch is split along 'data', and the loss is a
+mean over the global batch, so XLA adds the gradient all-reduce. The step is
+one jitted function with `donate_argnums=(0,)`; its randomness (ray sampling
+and the model's jitter) comes from `fold_in(key, step)`, so a run killed and
+restarted from a checkpoint continues exactly as an uninterrupted one.
+
+Optimizer (multinerf train_utils): clip by value (grad_max_val), clip by norm
+per top-level module (grad_max_norm; or one global norm), Adam, and the
+learning rate `math.learning_rate_decay(step)` times `TrainState.lr_mult`.
+
+Guards:
+  * A step whose loss or gradients are not finite leaves params and optimizer
+    state unchanged (stats['nonfinite'] = 1, TrainState.num_skipped counts them).
+  * `nan_patience` such steps in a row: restore the last checkpoint, halve
+    lr_mult, log it; after `max_lr_drops` of these a RuntimeError ends the run.
+  * SIGTERM (SLURM preemption / scancel) or SIGUSR1 (`sbatch --signal=USR1@300`
+    before the time limit): save a checkpoint at the current step, then raise
+    `Preempted`, a SystemExit with status 143 (128 + SIGTERM). Snakemake's
+    `retries` (profiles/slurm) resubmits the job, which resumes from there.
+
+Outputs under `out_dir`: config.json, checkpoints/, train.tsv (step, loss,
+psnr, lr, rays_per_s, elapsed_s; rewritten atomically), tb/ (TensorBoard
+scalars, when tensorboardX is installed).
+
+JAX's persistent compilation cache is enabled by `enable_compilation_cache`
+(directory $DNERF_JAX_CACHE, default ~/.cache/dnerf/jax; 'off' disables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nerflib import checkpoint, configs, datasets, fileio, losses, parallel
+from nerflib import evaluate as eval_lib
+from nerflib import math as nmath
+from nerflib import models
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM-killed program.
+TSV_COLUMNS = ("step", "loss", "psnr", "lr", "rays_per_s", "elapsed_s")
+_PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class Preempted(SystemExit):
+    """Training stopped by a signal after saving a checkpoint; exits with status 143 if uncaught."""
+
+    def __init__(self, step: int, signame: str = "SIGTERM"):
+        super().__init__(EXIT_PREEMPTED)
+        self.step = step
+        self.signame = signame
+
+    def __str__(self) -> str:
+        return f"preempted by {self.signame}: checkpoint saved at step {self.step}; rerun to resume"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: int32 []; params / opt_state: pytrees; lr_mult: float32 []; num_skipped: int32 []."""
+
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    lr_mult: jnp.ndarray
+    num_skipped: jnp.ndarray
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache; returns its directory (None if off).
+
+    path, else $DNERF_JAX_CACHE, else ~/.cache/dnerf/jax; 'off' (or '') disables.
+    An existing setting (e.g. JAX_COMPILATION_CACHE_DIR) is kept.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    value = str(path) if path is not None else os.environ.get("DNERF_JAX_CACHE", "~/.cache/dnerf/jax")
+    if value.strip().lower() in ("", "off", "0", "none", "false"):
+        return None
+    directory = Path(value).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home must not stop training
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    return str(directory)
+
+
+def make_model(cfg: configs.Config, num_images: int):
+    return models.make_model(cfg.model, num_images=num_images)
+
+
+def lr_at(cfg: configs.Config, step):
+    """The scheduled learning rate at `step` (before TrainState.lr_mult)."""
+    return nmath.learning_rate_decay(
+        step, lr_init=cfg.lr_init, lr_final=cfg.lr_final, max_steps=cfg.max_steps,
+        lr_delay_steps=cfg.lr_delay_steps, lr_delay_mult=cfg.lr_delay_mult,
+    )
+
+
+def _tree_norm(tree):
+    """sqrt of the sum of squares of all leaves (optax.global_norm, which newer optax renames)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def clip_by_module_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale each top-level subtree to norm <= max_norm (multinerf's clip_gradients).
+
+    mult = min(1, max_norm / (eps + |g|)) per module, eps = float32 epsilon.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        eps = jnp.finfo(jnp.float32).eps
+        if not isinstance(updates, dict):
+            modules = {"": updates}
+        else:
+            modules = updates
+        out = {}
+        for name, g in modules.items():
+            mult = jnp.minimum(1.0, max_norm / (eps + _tree_norm(g)))
+            out[name] = jax.tree_util.tree_map(lambda z, m=mult: z * m, g)
+        return (out[""] if not isinstance(updates, dict) else type(updates)(out)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(cfg: configs.Config) -> optax.GradientTransformation:
+    """Clipping + Adam's scaling; the learning rate is applied in the step (it depends on lr_mult)."""
+    parts = []
+    if cfg.grad_max_val > 0:
+        parts.append(optax.clip(cfg.grad_max_val))
+    if cfg.grad_max_norm > 0:
+        parts.append(clip_by_module_norm(cfg.grad_max_norm) if cfg.grad_clip_per_module
+                     else optax.clip_by_global_norm(cfg.grad_max_norm))
+    parts.append(optax.scale_by_adam(b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_eps))
+    return optax.chain(*parts)
+
+
+def init_state(cfg: configs.Config, dataset: datasets.Dataset, key, mesh, *, model=None) -> TrainState:
+    """A fresh TrainState replicated over `mesh` (every process computes the same)."""
+    model = make_model(cfg, dataset.num_train_images) if model is None else model
+    tx = make_optimizer(cfg)
+
+    def init(key):
+        params = models.init_variables(model, key)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            lr_mult=jnp.ones((), jnp.float32),
+            num_skipped=jnp.zeros((), jnp.int32),
+        )
+
+    return jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))(key)
+
+
+def _scalar_stats(stats: dict) -> dict:
+    """The scalar entries of the loss's stats (per-level lists are dropped)."""
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, (jax.Array, np.ndarray, float, int)) and jnp.ndim(v) == 0:
+            out[k] = jnp.asarray(v, jnp.float32)
+    return out
+
+
+def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBatcher | None = None,
+                    tx: optax.GradientTransformation | None = None) -> Callable:
+    """The jitted `train_step(state, batch, key) -> (state, stats)`.
+
+    Without `batcher`, batch is a `datasets.Batch` of global arrays split
+    along 'data' (e.g. from `parallel.shard_batch`); with it, batch is the
+    batcher's `RayData` and the rays are drawn inside the step
+    (`batcher.sample`). key: the run's base key (replicated); the step uses
+    fold_in(key, state.step). `state` is donated.
+    """
+    tx = make_optimizer(cfg) if tx is None else tx
+    rep = parallel.replicated_sharding(mesh)
+    batch_sharding = batcher.sharding if batcher is not None else parallel.data_sharding(mesh)
+    train_frac_den = max(cfg.max_steps - 1, 1)
+
+    def step_fn(state: TrainState, batch, key):
+        key = jax.random.fold_in(key, state.step)
+        k_batch, k_model = jax.random.split(key)
+        if isinstance(batch, datasets.RayData):
+            if batcher is None:
+                raise ValueError("train_step got RayData but make_train_step had no batcher")
+            batch = batcher.sample(k_batch, batch)
+        # multinerf: train_frac = (step - 1) / (max_steps - 1) with steps from 1.
+        train_frac = jnp.clip(state.step.astype(jnp.float32) / train_frac_den, 0.0, 1.0)
+
+        def loss_fn(params):
+            renderings, ray_history = model.apply(
+                {"params": params}, batch.rays, rng=k_model, train_frac=train_frac
+            )
+            loss, stats = losses.total_loss(renderings, ray_history, batch.rgb, cfg.model)
+            return loss, stats
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # One sum of squares over all gradients (needed for the stats anyway)
+        # is non-finite iff some gradient is (or overflows float32 when
+        # squared, a blow-up all the same); cheaper than an isfinite pass per leaf.
+        grad_norm = _tree_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Non-finite gradients would poison Adam's moments even if the update
+        # were dropped: feed zeros instead and throw the whole update away.
+        safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+        updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
+        lr = lr_at(cfg, state.step) * state.lr_mult
+        new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1,
+            params=jax.tree_util.tree_map(keep, new_params, state.params),
+            opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
+            num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
+        )
+        out = _scalar_stats(stats)
+        out["loss"] = loss
+        if "psnr" not in out:
+            out["psnr"] = nmath.psnr_from_mse(out["mse"]) if "mse" in out else jnp.float32(jnp.nan)
+        out["lr"] = lr
+        out["grad_norm"] = grad_norm
+        out["nonfinite"] = (~finite).astype(jnp.float32)
+        return new_state, out
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(rep, batch_sharding, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _SignalFlag:
+    """Sets a flag on SIGTERM / SIGUSR1 while active (main thread only)."""
+
+    def __init__(self):
+        self.signame: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in _PREEMPT_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signame = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _default_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read_tsv(path: Path, upto_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text().splitlines()
+    for line in lines[1:]:
+        parts = line.split("\t")
+        if len(parts) != len(TSV_COLUMNS):
+            continue
+        try:
+            row = dict(zip(TSV_COLUMNS, (float(p) for p in parts)))
+        except ValueError:
+            continue
+        if row["step"] <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def _write_tsv(path: Path, rows: list[dict]) -> None:
+    def fmt(k, v):
+        return str(int(v)) if k == "step" else f"{v:.6g}"
+
+    lines = ["\t".join(TSV_COLUMNS)] + ["\t".join(fmt(k, r[k]) for k in TSV_COLUMNS) for r in rows]
+    fileio.write_text(path, "\n".join(lines) + "\n")
+
+
+def _tb_writer(directory: Path):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
+                disable=not sys.stderr.isatty() and os.environ.get("DNERF_PROGRESS") != "1")
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _check_resume_config(out_dir: Path, cfg: configs.Config, log) -> None:
+    path = out_dir / checkpoint.CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        old = configs.load_json(path)
+    except ValueError:
+        return
+    if old.model != cfg.model:
+        raise ValueError(
+            f"{path} was written for a different model than the one requested; the checkpoints in "
+            f"{out_dir / checkpoint.CHECKPOINT_DIR} cannot be resumed with it. Use another output folder "
+            "or pass resume=False to start over."
+        )
+    if old != cfg:
+        changed = [k for k in configs.to_dict(cfg) if configs.to_dict(cfg)[k] != configs.to_dict(old)[k]]
+        log(f"resuming with changed training settings: {', '.join(changed)}")
+
+
+class _Reporter:
+    """Host-side reporting of finished steps: train.tsv, TensorBoard, tqdm, log lines (process 0 writes)."""
+
+    def __init__(self, cfg, out_dir: Path, *, start: int, end: int, resume: bool, log, progress: bool, tb: bool):
+        self.cfg, self.end, self.log = cfg, end, log
+        main = jax.process_index() == 0
+        self.main = main
+        self.tsv_path = out_dir / "train.tsv"
+        self.rows = _read_tsv(self.tsv_path, start) if resume else []
+        self.elapsed_before = self.rows[-1]["elapsed_s"] if self.rows else 0.0
+        self.writer = _tb_writer(out_dir / "tb") if (tb and main) else None
+        if tb and main and self.writer is None:
+            log("tensorboardX is not installed: no TensorBoard scalars")
+        self.bar = _progress(end, start, progress and main)
+        self.t0 = time.perf_counter()
+        self.t_window, self.steps_window = None, 0
+        self.rays_per_s = float("nan")
+
+    def step(self, step: int, s: dict) -> None:
+        now = time.perf_counter()
+        if self.t_window is None:  # the first step includes compilation: not timed
+            self.t_window, self.steps_window = now, 0
+        else:
+            self.steps_window += 1
+        cfg = self.cfg
+        if step % cfg.print_every == 0 or step == self.end:
+            if self.steps_window > 0:
+                self.rays_per_s = self.steps_window * cfg.batch_size / max(now - self.t_window, 1e-9)
+                self.t_window, self.steps_window = now, 0
+            rps = self.rays_per_s if np.isfinite(self.rays_per_s) else 0.0
+            self.rows.append(dict(step=step, loss=s["loss"], psnr=s["psnr"], lr=s["lr"], rays_per_s=rps,
+                                  elapsed_s=self.elapsed_before + now - self.t0))
+            if self.main:
+                _write_tsv(self.tsv_path, self.rows)
+            eta = (self.end - step) * cfg.batch_size / rps if rps > 0 else float("nan")
+            self.log(f"step {step}/{cfg.max_steps} loss {s['loss']:.5f} psnr {s['psnr']:.2f} lr {s['lr']:.2e} "
+                     f"{rps:,.0f} rays/s eta {_fmt_eta(eta)}")
+        if self.writer is not None and step % cfg.tb_every == 0:
+            for k, v in s.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            if np.isfinite(self.rays_per_s):
+                self.writer.add_scalar("train/rays_per_s", self.rays_per_s, step)
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % cfg.print_every == 0:
+                self.bar.set_postfix(loss=f"{s['loss']:.4f}", psnr=f"{s['psnr']:.2f}")
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def rewind(self, step: int) -> None:
+        """Forget rows after `step` (after restoring an earlier checkpoint)."""
+        self.rows[:] = [r for r in self.rows if r["step"] <= step]
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Run:
+    """One training run's host loop: dispatch steps, read stats one step late, checkpoint, recover, stop."""
+
+    def __init__(self, cfg, dataset, out_dir: Path, *, resume, log, progress, tb, stop_after, eval_dataset, mesh):
+        self.cfg, self.mesh = cfg, mesh
+        main = jax.process_index() == 0
+        emit = log or _default_log
+        self.log = (lambda msg: emit(msg)) if main else (lambda msg: None)
+        ckpt_dir = out_dir / checkpoint.CHECKPOINT_DIR
+        if not resume and main:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / "train.tsv").unlink()
+        parallel.sync("nerflib.train.clean")
+        if resume and ckpt_dir.is_dir():
+            _check_resume_config(out_dir, cfg, self.log)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_config(out_dir, cfg)
+
+        self.model = make_model(cfg, dataset.num_train_images)
+        self.mode = datasets.choose_mode(dataset, setting=cfg.image_sharding, threshold_mb=cfg.shard_threshold_mb)
+        self.batcher = datasets.RayBatcher(dataset, batch_size=cfg.batch_size, mesh=mesh, mode=self.mode)
+        init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+        self.state = init_state(cfg, dataset, init_key, mesh, model=self.model)
+        self.train_key = parallel.replicate(np.asarray(jax.device_get(train_key)), mesh)
+        self.ckpt = checkpoint.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints)
+        latest = self.ckpt.latest_step() if resume else None
+        if latest is not None:
+            self.state = self.ckpt.restore(mesh, template=self.state, step=latest)
+            self.log(f"resumed from checkpoint step {latest} in {ckpt_dir}")
+            self.start = latest
+        else:
+            self.start = 0
+            self.ckpt.save(0, self.state)  # a good state to fall back on if the first steps blow up
+        self.step = self.start
+        self.end = cfg.max_steps if stop_after is None else min(cfg.max_steps, int(stop_after))
+        self.lr_mult = float(parallel.fetch(self.state.lr_mult))
+        self.nan_run = self.lr_drops = self.skipped = 0
+        self.last_handled = self.start
+        self.last: dict = {}
+        self.compile_s = None
+        self.train_step = make_train_step(cfg, self.model, mesh, batcher=self.batcher)
+        self.eval_dataset = eval_dataset if (eval_dataset is not None and cfg.eval_every > 0 and len(eval_dataset)) else None
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.state.params))
+        self.log(
+            f"training {n_params:,} parameters on {dataset.num_train_images} images "
+            f"({dataset.num_pixels:,} pixels), {mesh.devices.size} device(s) in {jax.process_count()} "
+            f"process(es), batch {cfg.batch_size} ({self.mode} images, "
+            f"{self.batcher.device_bytes / 2**20:.1f} MiB per device), steps {self.start} -> {self.end} of "
+            f"{cfg.max_steps}"
+        )
+        self.report = _Reporter(cfg, out_dir, start=self.start, end=self.end, resume=resume, log=self.log,
+                                progress=progress, tb=tb)
+
+    # -- one step -------------------------------------------------------------
+
+    def dispatch(self):
+        """Run the next step (asynchronously); returns its stats (device arrays)."""
+        data = self.batcher.data
+        if self.step in self.cfg.debug_nan_steps and self.lr_mult == 1.0:
+            data = self.batcher.poisoned_data()  # debug knob: a transient blow-up
+        t0 = time.perf_counter()
+        self.state, stats = self.train_step(self.state, data, self.train_key)
+        if self.compile_s is None:
+            jax.block_until_ready(stats)
+            self.compile_s = time.perf_counter() - t0
+            self.log(f"first step (with compilation) took {self.compile_s:.1f} s")
+        self.step += 1
+        return stats
+
+    def handle(self, step: int, stats) -> bool:
+        """Host work for finished step `step`; True when the non-finite patience has run out."""
+        s = {k: float(v) for k, v in parallel.fetch(stats).items()}
+        self.last, self.last_handled = s, step
+        if s["nonfinite"] > 0:
+            self.nan_run += 1
+            self.skipped += 1
+            if self.nan_run == 1 or self.nan_run % 10 == 0:
+                self.log(f"step {step}: non-finite loss/gradient, update skipped ({self.nan_run} in a row)")
+            if self.nan_run >= self.cfg.nan_patience:
+                return True
+        else:
+            self.nan_run = 0
+        self.report.step(step, s)
+        return False
+
+    # -- events ---------------------------------------------------------------
+
+    def recover_from_nans(self) -> None:
+        """Restore the last checkpoint from before the non-finite streak and halve the learning rate."""
+        cfg = self.cfg
+        self.lr_drops += 1
+        if self.lr_drops > cfg.max_lr_drops:
+            raise RuntimeError(
+                f"training diverged: {cfg.nan_patience} non-finite steps in a row after {cfg.max_lr_drops} "
+                "learning-rate drops; lower lr_init or check the data"
+            )
+        self.ckpt.wait()
+        streak_start = self.last_handled - self.nan_run + 1
+        saved = self.ckpt.all_steps()
+        good = max([s for s in saved if s <= streak_start] or saved[:1])
+        for s in saved:
+            if s > good:
+                self.ckpt.delete(s)  # written during the streak: the run continues from `good` instead
+        self.state = self.ckpt.restore(self.mesh, template=self.state, step=good)
+        self.lr_mult *= 0.5
+        self.state = self.state.replace(lr_mult=parallel.replicate(np.float32(self.lr_mult), self.mesh))
+        self.log(f"{self.nan_run} non-finite steps in a row: restored checkpoint {good} "
+                 f"and halved the learning rate (multiplier now {self.lr_mult:g})")
+        self.report.scalar("train/lr_mult", self.lr_mult, good)
+        self.step, self.nan_run = good, 0
+        self.report.rewind(good)
+
+    def maybe_save(self) -> None:
+        """Periodic checkpoint (none inside a non-finite streak, except the last step)."""
+        if self.step % self.cfg.checkpoint_every == 0 or self.step == self.end:
+            if self.nan_run == 0 or self.step == self.end:
+                self.ckpt.save(self.step, self.state)
+
+    def maybe_evaluate(self) -> None:
+        if self.eval_dataset is None or self.step % self.cfg.eval_every:
+            return
+        name, rays, rgb = next(self.eval_dataset.iterate_views())
+        fn = eval_lib.make_render_fn(self.model, self.mesh, zero_glo=self.cfg.model.num_glo_features > 0)
+        out = eval_lib.render_image(self.model, self.state.params, rays, chunk_size=self.cfg.render_chunk_size,
+                                    mesh=self.mesh, render_fn=fn)
+        value = float(eval_lib.metrics.psnr(out["rgb"], rgb))
+        self.log(f"step {self.step}: held-out view {name} psnr {value:.2f}")
+        self.report.scalar("eval/psnr", value, self.step)
+
+    def preempt(self, signame: str) -> None:
+        self.ckpt.save(self.step, self.state)
+        self.ckpt.wait()
+        self.log(f"{signame}: saved checkpoint at step {self.step}; exiting with status {EXIT_PREEMPTED}")
+        raise Preempted(self.step, signame)
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        # Stats are read one step late, after the next step is dispatched, so
+        # the device never waits for the host.
+        pending = None
+        check_every = 1 if jax.process_count() == 1 else 10  # signals need a collective across processes
+        with _SignalFlag() as flag:
+            while True:
+                stats = self.dispatch() if self.step < self.end else None
+                restore = self.handle(*pending) if pending is not None else False
+                pending = (self.step, stats) if stats is not None else None
+                if restore:
+                    self.recover_from_nans()
+                    pending = None
+                    continue
+                if stats is None and pending is None:
+                    return  # every step up to `end` is done and handled
+                if stats is not None:
+                    self.maybe_save()
+                    self.maybe_evaluate()
+                if self.step % check_every == 0 or stats is None:
+                    if parallel.any_process(flag.signame is not None):
+                        if pending is not None:
+                            self.handle(*pending)
+                        self.preempt(flag.signame or "SIGTERM")
+
+    def close(self) -> None:
+        self.report.close()
+        self.ckpt.close()
+
+    def summary(self) -> dict:
+        rps = self.report.rays_per_s
+        return {
+            "start_step": int(self.start),
+            "final_step": int(self.step),
+            "max_steps": int(self.cfg.max_steps),
+            "stopped_early": bool(self.step < self.cfg.max_steps),
+            "loss": self.last.get("loss"),
+            "psnr": self.last.get("psnr"),
+            "skipped_steps": int(self.skipped),
+            "lr_drops": int(self.lr_drops),
+            "lr_mult": float(self.lr_mult),
+            "rays_per_s": float(rps) if np.isfinite(rps) else None,
+            "first_step_s": self.compile_s,
+            "seconds": time.perf_counter() - self.report.t0,
+            "devices": int(self.mesh.devices.size),
+            "processes": int(jax.process_count()),
+            "image_sharding": self.mode,
+        }
+
+
+def train(
+    cfg: configs.Config,
+    dataset: datasets.Dataset,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+    tb: bool = True,
+    stop_after: int | None = None,
+    eval_dataset: datasets.Dataset | None = None,
+    mesh=None,
+) -> dict:
+    """Train on `dataset` (the training split) and return a summary dict.
+
+    resume: continue from the latest checkpoint in out_dir/checkpoints (False
+      deletes earlier checkpoints and train.tsv and starts over).
+    log: called with each log line (process 0 only); default: print to stderr.
+    stop_after: stop (with a checkpoint) once this step is reached, as if killed.
+    eval_dataset: held-out views; with cfg.eval_every > 0 the PSNR of its first
+      view is logged every eval_every steps.
+    mesh: default parallel.make_mesh() (all devices of all processes).
+    Raises Preempted (exit status 143) after SIGTERM/SIGUSR1, with a checkpoint saved.
+    """
+    enable_compilation_cache()
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    parallel.check_batch_size(cfg.batch_size, mesh.devices.size)
+    run = _Run(cfg, dataset, Path(out_dir), resume=resume, log=log, progress=progress, tb=tb,
+               stop_after=stop_after, eval_dataset=eval_dataset, mesh=mesh)
+    try:
+        run.run()
+    finally:
+        run.close()
+    summary = run.summary()
+    run.log(f"training done: {summary}")
+    return summary

@@ -1,0 +1,79 @@
+"""Config presets, overrides, JSON round trip and the batch-size rescaling rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from nerflib import configs
+
+
+@pytest.mark.parametrize("name", configs.PRESETS)
+def test_round_trip_through_json(name, tmp_path):
+    cfg = configs.get_preset(name)
+    path = tmp_path / "config.json"
+    configs.save_json(cfg, path)
+    again = configs.load_json(path)
+    assert again == cfg
+    assert isinstance(again.model.num_prop_samples, tuple) and isinstance(again.debug_nan_steps, tuple)
+    assert json.loads(path.read_text())["model"]["num_prop_samples"] == list(cfg.model.num_prop_samples)
+    assert not list(tmp_path.glob(".config.json*"))  # atomic write left no temp file
+
+
+def test_mipnerf360_is_the_papers_recipe():
+    c = configs.mipnerf360()
+    assert (c.batch_size, c.max_steps) == (16384, 250_000)
+    assert (c.lr_init, c.lr_final, c.lr_delay_steps, c.lr_delay_mult) == (2e-3, 2e-5, 512, 0.01)
+    assert (c.adam_beta1, c.adam_beta2, c.adam_eps) == (0.9, 0.999, 1e-6)
+    assert (c.grad_max_norm, c.grad_max_val, c.grad_clip_per_module) == (1e-3, 0.0, True)
+    assert (c.factor, c.test_every, c.render_chunk_size) == (4, 8, 16384)
+    assert (c.ray_near, c.ray_far) == (0.2, 1e6)
+    assert c.model.num_prop_samples == (64, 64) and c.model.nerf_net_width == 1024
+
+
+def test_overrides_top_level_dotted_and_model_dict():
+    c = configs.get_preset("tiny", batch_size=512, **{"model.num_nerf_samples": 4})
+    assert c.batch_size == 512 and c.model.num_nerf_samples == 4
+    c = configs.get_preset("tiny", model={"nerf_net_width": 8}, debug_nan_steps=[3])
+    assert c.model.nerf_net_width == 8 and c.debug_nan_steps == (3,)
+    with pytest.raises(ValueError, match="unknown config field 'bach_size'"):
+        configs.get_preset("tiny", bach_size=1)
+    with pytest.raises(ValueError, match="unknown model config field"):
+        configs.get_preset("tiny", **{"model.widht": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        configs.get_preset("huge")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        configs.tiny(batch_size=0)
+    with pytest.raises(ValueError, match="normalize"):
+        configs.tiny(normalize="sphere")
+    with pytest.raises(ValueError, match="unknown Config fields"):
+        configs.from_dict({"bogus": 1})
+
+
+def test_from_dict_fills_missing_fields_with_defaults():
+    d = configs.to_dict(configs.tiny())
+    del d["nan_patience"]
+    assert configs.from_dict(d).nan_patience == configs.Config.nan_patience
+
+
+def test_scale_batch_size_follows_multinerf_readme():
+    c = configs.mipnerf360()
+    h = configs.scale_batch_size(c, 8192)  # halve the batch
+    assert h.batch_size == 8192
+    assert h.lr_init == pytest.approx(1e-3) and h.lr_final == pytest.approx(1e-5)
+    assert h.max_steps == 500_000 and h.lr_delay_steps == 1024
+    assert dataclasses.replace(h, batch_size=c.batch_size, lr_init=c.lr_init, lr_final=c.lr_final,
+                               max_steps=c.max_steps, lr_delay_steps=c.lr_delay_steps) == c  # nothing else changed
+    q = configs.scale_batch_size(c, 4096)
+    assert q.max_steps == 1_000_000 and q.lr_init == pytest.approx(5e-4)
+    back = configs.scale_batch_size(h, 16384)
+    assert back.max_steps == c.max_steps and back.lr_init == pytest.approx(c.lr_init)
+    with pytest.raises(ValueError, match="new_batch_size"):
+        configs.scale_batch_size(c, 0)
+
+
+def test_white_background_follows_the_model():
+    assert configs.tiny().white_background
+    assert not configs.tiny(model={"background": "black"}).white_background
