@@ -10,7 +10,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/scene.smk"
-include: "rules/poses.smk"
+include: "rules/colmap.smk"
 include: "rules/pyramid.smk"
 include: "rules/train.smk"
 

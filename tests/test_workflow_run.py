@@ -91,7 +91,7 @@ def test_demo_heldout_psnr_beats_mean_colour_by_8db(demo_run):
     psnr = float(mean_row[0]["psnr"])
     # Baseline: predict every held-out pixel by the mean colour of the training images.
     est = scene_io.read_scene_json(demo_run / "results/demo/poses/scene.json")
-    folder = demo_run / "results/demo/images_2"
+    folder = demo_run / "results/demo/images_4"
     held = {r["name"] for r in views}
     train = [images.load_image(folder / n) for n in est.names if n not in held]
     mean_colour = np.mean([im.reshape(-1, 3).mean(0) for im in train], axis=0)

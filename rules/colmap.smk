@@ -1,4 +1,4 @@
-# Camera poses: structure-from-motion with pycolmap, or import of existing poses.
+# Camera poses: COLMAP structure-from-motion with pycolmap (in process), or import of existing poses.
 # Writes COLMAP's layout (sparse/0 beside images/) and nerflib's scene.json.
 
 
