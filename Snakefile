@@ -13,6 +13,7 @@ include: "rules/scene.smk"
 include: "rules/colmap.smk"
 include: "rules/pyramid.smk"
 include: "rules/train.smk"
+include: "rules/render.smk"
 
 
 rule all:

@@ -5,9 +5,10 @@ so any step can be run by hand when something goes wrong:
 
     nerf synthetic resources/synthetic/demo
     nerf poses resources/synthetic/demo/images results/demo --camera-model PINHOLE
-    nerf pyramid resources/synthetic/demo/images results/demo/images_2 --factor 2
-    nerf train results/demo/poses/scene.json results/demo/images_2 results/demo/model --preset tiny --factor 2
-    nerf eval results/demo/poses/scene.json results/demo/images_2 results/demo/model results/demo/eval
+    nerf pyramid resources/synthetic/demo/images results/demo/images_4 --factor 4
+    nerf train results/demo/poses/scene.json results/demo/images_4 results/demo/model --preset tiny --factor 4
+    nerf eval results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/eval
+    nerf render results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/render
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images")
     p.add_argument("model_dir")
     p.add_argument("out_dir")
+    p = sub.add_parser("render", help="videos (colour, depth, accumulation) along a camera path")
+    p.add_argument("scene")
+    p.add_argument("images")
+    p.add_argument("model_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--path", default="auto", choices=["auto", "orbit", "spiral", "spline"])
+    p.add_argument("--keyframes", default="", help="comma-separated image names (spline path)")
+    p.add_argument("--frames", type=int, default=480)
+    p.add_argument("--fps", type=int, default=60)
+    p.add_argument("--factor", type=int, default=None, help="render at this factor instead of the training one")
     return parser
 
 
@@ -106,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                         overrides=_overrides(args.overrides))
         elif args.step == "eval":
             steps.evaluate(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir)
+        elif args.step == "render":
+            keyframes = [k for k in args.keyframes.split(",") if k]
+            steps.render(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir, path=args.path,
+                         keyframes=keyframes, n_frames=args.frames, fps=args.fps, factor=args.factor)
     return 0
 
 

@@ -134,3 +134,13 @@ def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
     result = eval_mod.evaluate(cfg, dataset, params, out_dir, mesh=mesh)
     print(f"evaluated step {step}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}")
     return result
+
+
+def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(), n_frames=480, fps=60,
+           factor=None) -> dict:
+    """Videos along a camera path: out_dir/{color,depth,acc}.mp4 and path.json (frames/ kept for resuming)."""
+    from nerflib import parallel, video
+
+    parallel.initialize_distributed()
+    return video.render_path(model_dir, scene_json, out_dir, images=images, path=path, keyframes=list(keyframes),
+                             n_frames=int(n_frames), fps=fps, factor=factor)

@@ -159,10 +159,23 @@ def train_params(wildcards):
     }
 
 
+def render_params(wildcards):
+    r = sheet.loc[wildcards.scene]
+    keyframes = [k.strip() for k in r["render_keyframes"].split(",") if k.strip()]
+    return {
+        "path": r["render_path"],
+        "keyframes": keyframes,
+        "n_frames": config["render"]["frames"],
+        "fps": config["render"]["fps"],
+    }
+
+
 def all_targets():
     """The furthest product of every row."""
     targets = []
     for scene in sheet["scene"]:
         targets.append(f"results/{scene}/poses/summary.json")
         targets.append(f"results/{scene}/eval/metrics.tsv")
+        if sheet.loc[scene, "render_path"] != "none":
+            targets.append(f"results/{scene}/render/color.mp4")
     return targets

@@ -49,7 +49,7 @@ def test_default_config_dry_run_lists_the_jobs(workdir):
     result = dry_run(workdir)
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "all"):
+    for rule in ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render", "all"):
         assert any(line.split()[:1] == [rule] for line in out.splitlines()), f"{rule} missing from:\n{out}"
 
 

@@ -20,6 +20,7 @@ from nerflib import images, rigid, scene_io
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+RENDER_FRAMES, RENDER_FPS = 24, 12
 ALLOWED_TOP_LEVEL = {"config", "results", "logs", "resources", "benchmarks", ".snakemake"}
 
 
@@ -36,6 +37,7 @@ def demo_run(tmp_path_factory):
     shutil.copytree(REPO / "config", workdir / "config")
     cfg_path = workdir / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["render"] = {"frames": RENDER_FRAMES, "fps": RENDER_FPS}  # CI-sized video
     cfg_path.write_text(yaml.safe_dump(cfg))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
@@ -61,7 +63,7 @@ def test_nothing_written_outside_the_output_folders(demo_run):
 
 
 def test_every_rule_logged(demo_run):
-    for rule in ("synthetic_scene", "poses", "pyramid", "train", "evaluate"):
+    for rule in ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render"):
         logs = list((demo_run / "logs" / rule).glob("*.log"))
         assert logs, f"no log for {rule}"
 
@@ -100,3 +102,17 @@ def test_demo_heldout_psnr_beats_mean_colour_by_8db(demo_run):
     print(f"demo held-out PSNR {psnr:.2f} dB vs mean-colour baseline {baseline:.2f} dB "
           f"(+{psnr - baseline:.2f} dB over {len(views)} views)")
     assert psnr >= baseline + 8.0
+
+
+def test_demo_videos_read_back(demo_run):
+    import imageio_ffmpeg
+
+    for kind in ("color", "depth", "acc"):
+        path = demo_run / f"results/demo/render/{kind}.mp4"
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        frames = list(reader)
+        assert len(frames) == RENDER_FRAMES, kind
+        assert meta["fps"] == RENDER_FPS, meta
+        w, h = meta["size"]
+        assert (w, h) == (80, 60), meta  # the demo's 320x240 photos at factor 4

@@ -1,0 +1,30 @@
+# Videos (colour, depth, accumulation) along a camera path through the trained field.
+# Frames under results/{scene}/render/frames/ are not declared outputs on purpose:
+# a restarted job skips the frames that are already there.
+
+
+rule render:
+    input:
+        scene="results/{scene}/poses/scene.json",
+        images=training_images,
+        model="results/{scene}/model/final.json",
+    output:
+        color="results/{scene}/render/color.mp4",
+        depth="results/{scene}/render/depth.mp4",
+        acc="results/{scene}/render/acc.mp4",
+        path="results/{scene}/render/path.json",
+    params:
+        settings=render_params,
+    log:
+        "logs/render/{scene}.log",
+    benchmark:
+        "benchmarks/render/{scene}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/render.py"
