@@ -47,11 +47,41 @@ _EPS = float(np.finfo(np.float32).eps)
 
 
 def _count(a, v, side: str):
-    """Entries of sorted `a` [..., n] that are <= v (side='right') or < v ('left')."""
-    # "compare_all" is branch-free and fast for the short vectors used here
-    # (tens to hundreds of entries per ray).
-    fn = functools.partial(jnp.searchsorted, side=side, method="compare_all")
+    """Entries of sorted `a` [..., n] that are <= v (side='right') or < v ('left').
+
+    A binary search: ceil(log2(n + 1)) gathers per query, unrolled. Not
+    "compare_all": its [..., m, n] comparison tensor becomes one reduction
+    fusion that XLA:GPU turns into a kernel taking minutes to compile (the
+    mip-NeRF 360 sampler searches 64 quantiles in 193 endpoints for 16k rays).
+    Same total order as every `jnp.searchsorted` method, so the same indices.
+    """
+    fn = functools.partial(jnp.searchsorted, side=side, method="scan_unrolled")
     return jnp.vectorize(fn, signature="(n),(m)->(m)")(a, v)
+
+
+def _range_max(y, first, last):
+    """max(y[..., first:last + 1]) for index arrays first, last [..., m]; 0 where first > last.
+
+    A sparse table: level k holds the maxima of the 2^k entries starting at
+    each index, and a range of length L is the union of two such windows with
+    2^k <= L < 2^(k+1). Exact (max is idempotent); n log n work per row.
+    """
+    n = y.shape[-1]
+    levels = [y]
+    while 2 ** len(levels) <= n:
+        half = 2 ** (len(levels) - 1)
+        prev = levels[-1]
+        # The last `half` entries would look past the end; they are never read
+        # (a window must fit in its range), so any value does: keep prev's.
+        levels.append(jnp.maximum(prev, jnp.concatenate([prev[..., half:], prev[..., n - half:]], axis=-1)))
+    table = jnp.concatenate(levels, axis=-1)  # [..., len(levels) * n]
+    length = last - first + 1
+    powers = jnp.asarray(2 ** np.arange(1, len(levels)), length.dtype)
+    k = jnp.sum(length[..., None] >= powers, axis=-1).astype(length.dtype)  # floor(log2(length)).
+    start = k * n + jnp.clip(first, 0, n - 1)
+    end = k * n + jnp.clip(last + 1 - jnp.left_shift(jnp.ones_like(k), k), 0, n - 1)
+    both = jnp.maximum(jnp.take_along_axis(table, start, axis=-1), jnp.take_along_axis(table, end, axis=-1))
+    return jnp.where(length > 0, both, 0.0)
 
 
 def searchsorted(a, v):
@@ -239,9 +269,13 @@ def max_dilate(t, y, dilation, *, domain: tuple[float, float] = (-np.inf, np.inf
     t_out = jnp.clip(jnp.sort(jnp.concatenate([t, lo, hi], axis=-1), axis=-1), *domain)
     # Evaluate at interval midpoints: robust to ties between endpoints.
     x = 0.5 * (t_out[..., 1:] + t_out[..., :-1])
-    covers = (lo[..., None, :] <= x[..., :, None]) & (x[..., :, None] < hi[..., None, :])
-    y_out = jnp.max(jnp.where(covers, y[..., None, :], 0.0), axis=-1)
-    return t_out, y_out
+    # Interval i covers x iff lo_i <= x < hi_i. Both lo and hi are sorted, so
+    # the covering intervals are the contiguous range first..last: a range
+    # maximum instead of an all-pairs [..., 3n, n] mask (which XLA:GPU fuses
+    # into a reduction that takes minutes to compile).
+    first = _count(hi, x, "right")
+    last = _count(lo, x, "right") - 1
+    return t_out, _range_max(y, first, last)
 
 
 def max_dilate_weights(
