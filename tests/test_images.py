@@ -9,18 +9,8 @@ import pytest
 from nerflib import images
 
 
-def _write(path, image, params=()):
-    """Write an OpenCV (BGR) image with imencode, so any file name works."""
-    ok, buf = cv2.imencode(path.suffix, image, list(params))
-    assert ok
-    path.write_bytes(buf.tobytes())
-
-
-def _noise(h, w, c=3, seed=0, dtype=np.uint8):
-    rng = np.random.default_rng(seed)
-    hi = 256 if dtype == np.uint8 else 65536
-    shape = (h, w) if c == 1 else (h, w, c)
-    return rng.integers(0, hi, size=shape).astype(dtype)
+from imagetools import noise as _noise
+from imagetools import write_encoded as _write
 
 
 def _jpeg_with_orientation(path, image_rgb, orientation: int):

@@ -14,16 +14,8 @@ from nerflib.images import read_raw
 from nerflib.types import Camera
 
 
-def _write(path, image, params=()):
-    ok, buf = cv2.imencode(path.suffix, image, list(params))
-    assert ok
-    path.write_bytes(buf.tobytes())
-
-
-def _noise(h, w, c=3, seed=0, dtype=np.uint8):
-    rng = np.random.default_rng(seed)
-    hi = 256 if dtype == np.uint8 else 65536
-    return rng.integers(0, hi, size=(h, w, c) if c > 1 else (h, w)).astype(dtype)
+from imagetools import noise as _noise
+from imagetools import write_encoded as _write
 
 
 @pytest.mark.parametrize(
