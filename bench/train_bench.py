@@ -61,6 +61,22 @@ def held_out_psnr(cfg, model, params, test: datasets.Dataset, mesh, n_views: int
     return float(np.mean(values))
 
 
+def render_speed(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> dict:
+    """Full-image rendering rays/s over `n_views` held-out views after one untimed (compiling) view."""
+    fn = evaluate.make_render_fn(model, mesh)
+    views = [rays for _, (_, rays, _) in zip(range(n_views + 1), test.iterate_views())]
+    t0 = time.perf_counter()
+    evaluate.render_image(model, params, views[0], chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n_rays = 0
+    for rays in views[1:]:
+        evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
+        n_rays += int(np.prod(np.shape(rays.origins)[:-1]))
+    dt = time.perf_counter() - t0
+    return {"render_first_view_s": round(first, 1), "render_rays_per_s": round(n_rays / dt) if n_rays else 0}
+
+
 def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float) -> dict:
     devices = jax.devices()[:n_dev]
     mesh = parallel.make_mesh(devices)
@@ -107,7 +123,8 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
         psnr = held_out_psnr(cfg, model, state.params, test_ds, mesh, args.eval_views)
         evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3)})
     steps_s = float(np.median(rates)) if rates else float("nan")
-    return {
+    render = render_speed(cfg, model, state.params, test_ds, mesh, args.render_views) if args.render_views else {}
+    return {**render,
         "preset": preset, "batch": batch, "devices": n_dev, "steps": n, "train_s": round(clock, 1),
         "first_step_s": round(first_step_s, 1), "steps_per_s": round(steps_s, 2),
         "rays_per_s": round(steps_s * batch) if np.isfinite(steps_s) else 0, "peak_mem_gb": peak_memory_gb(),
@@ -127,6 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-views", type=int, default=5)
     p.add_argument("--final-eval", action="store_true")
     p.add_argument("--chunk", type=int, default=0)
+    p.add_argument("--render-views", type=int, default=0, help="time full-image rendering of this many test views")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     train_lib.enable_compilation_cache()
@@ -159,8 +177,9 @@ def main(argv=None) -> int:
             "jax": jax.__version__, "commit": commit or os.environ.get("DNERF_COMMIT", "?"),
             "host": platform.node(), "command": " ".join(sys.argv)}
     print(f"\n{meta}")
-    print(f"| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR @ train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR @ train s "
+          "| render rays/s | first render view (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['preset']} | {r['batch']} | {r['devices']} | failed: {r['error'][:80]} |")
@@ -168,7 +187,8 @@ def main(argv=None) -> int:
         ev = ", ".join(f"{e['psnr']:.2f}@{e['train_s']:.0f}s" for e in r["evals"]) or "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         print(f"| {r['preset']} | {r['batch']} | {r['devices']} | {r['steps_per_s']} | {r['rays_per_s']:,} | "
-              f"{r['first_step_s']} | {mem} | {r['steps']} | {ev} |")
+              f"{r['first_step_s']} | {mem} | {r['steps']} | {ev} | {r.get('render_rays_per_s', '-'):,} "
+              f"| {r.get('render_first_view_s', '-')} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     return 0

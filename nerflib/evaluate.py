@@ -79,11 +79,16 @@ def render_image(model, params, rays: Rays, *, chunk_size: int, mesh, zero_glo: 
         flat = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), flat)
     sharding = parallel.data_sharding(mesh)
     pieces: dict[str, list[np.ndarray]] = {}
-    for c in range(n_chunks):
-        part = jax.tree_util.tree_map(lambda x: parallel.global_array(x[c * chunk : (c + 1) * chunk], sharding), flat)
-        out = parallel.fetch(fn(params, part))
-        for k, v in out.items():
-            pieces.setdefault(k, []).append(v)
+    pending = []  # dispatch ahead (asynchronously) and fetch behind, at most `depth` chunks in flight
+    depth = 4
+    for c in range(n_chunks + depth):
+        if c < n_chunks:
+            part = jax.tree_util.tree_map(
+                lambda x: parallel.global_array(x[c * chunk : (c + 1) * chunk], sharding), flat)
+            pending.append(fn(params, part))
+        if c >= depth:
+            for k, v in parallel.fetch(pending.pop(0)).items():
+                pieces.setdefault(k, []).append(v)
     return {k: np.concatenate(v)[:n].reshape(shape + np.shape(v[0])[1:]) for k, v in pieces.items()}
 
 
