@@ -14,6 +14,7 @@ include: "rules/colmap.smk"
 include: "rules/pyramid.smk"
 include: "rules/train.smk"
 include: "rules/render.smk"
+include: "rules/localize.smk"
 
 
 rule all:

@@ -9,6 +9,8 @@ so any step can be run by hand when something goes wrong:
     nerf train results/demo/poses/scene.json results/demo/images_4 results/demo/model --preset tiny --factor 4
     nerf eval results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/eval
     nerf render results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/render
+    nerf localize results/demo/poses/scene.json results/demo/images_4 results/demo/model \
+        resources/synthetic/demo/queries results/demo/localize --sparse results/demo/sparse/0
 """
 
 from __future__ import annotations
@@ -93,6 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=480)
     p.add_argument("--fps", type=int, default=60)
     p.add_argument("--factor", type=int, default=None, help="render at this factor instead of the training one")
+
+    p = sub.add_parser("localize", help="camera poses of new photos against the trained field")
+    p.add_argument("scene")
+    p.add_argument("images", help="image folder at the training factor")
+    p.add_argument("model_dir")
+    p.add_argument("queries", help="folder of photos to localize")
+    p.add_argument("out_dir", help="gets poses.json, views/ (and errors.tsv with --gt-poses)")
+    p.add_argument("--query-poses", default="", help="initial poses of the photos (any poses format)")
+    p.add_argument("--sparse", default="", help="COLMAP model of the scene (sparse/0) for registration starts")
+    p.add_argument("--database", default="", help="its database.db (default: beside sparse/, else re-extract)")
+    p.add_argument("--gt-poses", default="", help="ground-truth poses of the photos -> errors.tsv")
+    p.add_argument("--gt-reference", default="", help="training poses in the ground truth's frame (to align it)")
+    p.add_argument("--start", default="auto", choices=["auto", "perturbed"],
+                   help="perturbed: evaluation mode, start from the ground truth moved by the perturbation below")
+    p.add_argument("--perturb-deg", type=float, default=10.0)
+    p.add_argument("--perturb-radius-fraction", type=float, default=0.1)
+    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--pixels", type=int, default=256, help="rays per start and step")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="another nerflib.localize.Options field, e.g. --set refine_focal=true (repeatable)")
     return parser
 
 
@@ -121,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
             keyframes = [k for k in args.keyframes.split(",") if k]
             steps.render(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir, path=args.path,
                          keyframes=keyframes, n_frames=args.frames, fps=args.fps, factor=args.factor)
+        elif args.step == "localize":
+            database = args.database
+            if not database and args.sparse:
+                guess = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.sparse))), "database.db")
+                database = guess if os.path.isfile(guess) else ""
+            steps.localize(args.scene, args.images, model_dir=args.model_dir, queries=args.queries,
+                           out_dir=args.out_dir, query_poses=args.query_poses, gt_poses=args.gt_poses,
+                           gt_reference=args.gt_reference, sparse_dir=args.sparse, database=database,
+                           start=args.start, perturb_rot_deg=args.perturb_deg,
+                           perturb_radius_fraction=args.perturb_radius_fraction, iters=args.iters,
+                           restarts=args.restarts, n_pixels=args.pixels, options=_overrides(args.overrides))
     return 0
 
 

@@ -144,3 +144,34 @@ def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(),
     parallel.initialize_distributed()
     return video.render_path(model_dir, scene_json, out_dir, images=images, path=path, keyframes=list(keyframes),
                              n_frames=int(n_frames), fps=fps, factor=factor)
+
+
+def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="", gt_poses="", gt_reference="",
+             sparse_dir="", database="", start="auto", perturb_rot_deg=10.0, perturb_radius_fraction=0.1,
+             write_errors=True, options=None, **settings) -> dict:
+    """Poses of the photos in `queries` against the trained field: out_dir/poses.json, views/ (and errors.tsv).
+
+    settings: fields of nerflib.localize.Options (iters, restarts, n_pixels, ...),
+    `options` more of them. With gt_poses (and write_errors) also errors.tsv;
+    start='perturbed' is the evaluation mode that starts from the ground truth
+    moved by perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
+    """
+    from nerflib import localize_step, parallel
+    from nerflib.train import enable_compilation_cache
+
+    parallel.initialize_distributed()
+    enable_compilation_cache()
+    return localize_step.localize_step(
+        model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
+        gt_poses=gt_poses or None, gt_reference=gt_reference or None, sparse_dir=sparse_dir or None,
+        database=database or None, start=start, perturb_rot_deg=float(perturb_rot_deg),
+        perturb_radius_fraction=float(perturb_radius_fraction), write_errors=write_errors,
+        progress=False, **{**dict(options or {}), **settings})
+
+
+def localize_errors(poses_json, scene_json, *, model_dir, out, gt_poses, gt_reference="") -> dict:
+    """errors.tsv of a finished localization (poses.json) against ground-truth poses."""
+    from nerflib import localize_step
+
+    return localize_step.localize_errors(poses_json, scene_json, model_dir, gt_poses, out,
+                                         gt_reference=gt_reference or None)

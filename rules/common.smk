@@ -170,6 +170,103 @@ def render_params(wildcards):
     }
 
 
+def _sheet_error(scene, column, message):
+    line = sheet.loc[scene, "line"]
+    return WorkflowError(f"{SHEET_PATH}, line {line} (scene {scene!r}), column {column!r}: {message}")
+
+
+def check_localize_columns():
+    """queries / query_poses / query_gt make sense together (checked before any job starts)."""
+    for scene in sheet["scene"]:
+        r = sheet.loc[scene]
+        if r["queries"] == "synthetic" and not is_synthetic(scene):
+            raise _sheet_error(scene, "queries", "`synthetic` queries exist only for rows whose source is "
+                               "`synthetic`; give a folder of photos instead.")
+        for column in ("query_poses", "query_gt"):
+            if r[column] and not r["queries"]:
+                raise _sheet_error(scene, column, "needs a `queries` folder of photos to localize in the same row.")
+        if r["query_gt"] and not Path(resolve(r["query_gt"])).exists():
+            raise _sheet_error(scene, "query_gt", f"{r['query_gt']!r} does not exist "
+                               f"(resolved to {Path(resolve(r['query_gt'])).resolve()}).")
+
+
+check_localize_columns()
+
+
+def query_folder(scene):
+    """The folder of photos to localize ('' when the row has none)."""
+    queries = sheet.loc[scene, "queries"]
+    if queries == "synthetic":
+        return f"{synthetic_dir(scene)}/queries"
+    return resolve(queries) if queries else ""
+
+
+def query_truth(scene):
+    """{'input', 'gt_poses', 'gt_reference'} of a row's query ground truth, or {} without one.
+
+    The demo's ground truth is in the generator's frame: gt/scene.json (its
+    training cameras) maps it into the SfM frame. `input` is what the rules
+    depend on (the demo's gt/ folder is a directory output).
+    """
+    r = sheet.loc[scene]
+    if r["query_gt"]:
+        path = resolve(r["query_gt"])
+        return {"input": path, "gt_poses": path, "gt_reference": ""}
+    if r["queries"] == "synthetic":
+        gt = f"{synthetic_dir(scene)}/gt"
+        return {"input": gt, "gt_poses": f"{gt}/queries.json", "gt_reference": f"{gt}/scene.json"}
+    return {}
+
+
+def localize_input(wildcards):
+    scene = wildcards.scene
+    inputs = {
+        "scene": f"results/{scene}/poses/scene.json",
+        "images": training_images(wildcards),
+        "model": f"results/{scene}/model/final.json",
+        "sparse": f"results/{scene}/sparse/0",
+        "queries": query_folder(scene),
+    }
+    if sheet.loc[scene, "query_poses"]:
+        inputs["query_poses"] = resolve(sheet.loc[scene, "query_poses"])
+    truth = query_truth(scene)
+    if config["localize"]["start"] == "perturbed" and truth:
+        inputs["truth"] = truth["input"]
+    return inputs
+
+
+def localize_params(wildcards):
+    """Options of the localize step; `perturbed` starts only where ground truth exists."""
+    scene = wildcards.scene
+    settings = dict(config["localize"])
+    truth = query_truth(scene)
+    perturbed = settings["start"] == "perturbed" and bool(truth)
+    settings["start"] = "perturbed" if perturbed else "auto"
+    return {
+        **settings,
+        "query_poses": resolve(sheet.loc[scene, "query_poses"]) if sheet.loc[scene, "query_poses"] else "",
+        "gt_poses": truth["gt_poses"] if perturbed else "",
+        "gt_reference": truth["gt_reference"] if perturbed else "",
+        "sparse_dir": f"results/{scene}/sparse/0",
+        "database": f"results/{scene}/database.db",
+    }
+
+
+def localize_errors_input(wildcards):
+    scene = wildcards.scene
+    return {
+        "poses": f"results/{scene}/localize/poses.json",
+        "scene": f"results/{scene}/poses/scene.json",
+        "model": f"results/{scene}/model/final.json",
+        "truth": query_truth(scene)["input"],
+    }
+
+
+def localize_errors_params(wildcards):
+    truth = query_truth(wildcards.scene)
+    return {"gt_poses": truth["gt_poses"], "gt_reference": truth["gt_reference"]}
+
+
 def all_targets():
     """The furthest product of every row."""
     targets = []
@@ -178,4 +275,8 @@ def all_targets():
         targets.append(f"results/{scene}/eval/metrics.tsv")
         if sheet.loc[scene, "render_path"] != "none":
             targets.append(f"results/{scene}/render/color.mp4")
+        if query_folder(scene):
+            targets.append(f"results/{scene}/localize/poses.json")
+            if query_truth(scene):
+                targets.append(f"results/{scene}/localize/errors.tsv")
     return targets

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from nerflib import cameras as cam_lib
-from nerflib import localize, rigid
+from nerflib import localize, localize_step, rigid
 from nerflib.types import Camera
 
 NEAR, FAR = 0.05, 20.0
@@ -227,7 +227,7 @@ def test_nearest_view_retrieval():
     orbit = [look_at([math.cos(a), math.sin(a), 0.35], [0, 0, 0]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
     refs = [render(field, cam, c) for c in orbit]
     q = render(field, cam, look_at([1.05 * math.cos(1.1), 1.05 * math.sin(1.1), 0.3], [0, 0, 0]))
-    k, score = localize.nearest_view(q, refs)
+    k, score = localize_step.nearest_view(q, refs)
     assert k == 2 and score > 0.5  # azimuth 1.1 rad is nearest to 2 * 2 pi / 12 = 1.05 rad
 
 
@@ -335,8 +335,9 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
     opts = dict(iters=2, restarts=1, n_pixels=16, coarse_to_fine=(1,), n_eval=64, lr_rot=0.0, lr_trans=0.0,
                 progress=False, log=lambda m: None)
     out = tmp_path / "loc"
-    summary = localize.localize_step(tmp_path / "model", scene_json, qdir, out, query_poses=tmp_path / "given.json",
-                                     gt_poses=tmp_path / "given.json", **opts)
+    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out,
+                                          query_poses=tmp_path / "given.json", gt_poses=tmp_path / "given.json",
+                                          **opts)
     assert summary["queries"] == 2 and summary["starts"] == {n: "pose_file" for n in sub.names}
     found = scene_io.read_scene_json(out / "poses.json")  # the scene's own format and frame
     assert found.names == sub.names
@@ -346,9 +347,10 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
     frame = doc["frames"][0]
     assert isinstance(frame["converged"], bool) and frame["start_used"] == "pose_file"
     assert {"psnr", "gradient_ncc", "photometric_error", "restart"} <= set(frame)
+    np.testing.assert_allclose(frame["c2w_start"], sub.c2w[0], atol=1e-9)
     assert doc["calibration"]["threshold_psnr"] == pytest.approx(doc["thresholds"]["psnr"])
     rows = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()]
-    assert tuple(rows[0]) == localize.ERRORS_COLUMNS and [r[0] for r in rows[1:]] == sub.names + ["median"]
+    assert tuple(rows[0]) == localize_step.ERRORS_COLUMNS and [r[0] for r in rows[1:]] == sub.names + ["median"]
     assert all(float(r[1]) < 1e-6 and float(r[2]) < 1e-6 for r in rows[1:3])
     from nerflib.images import load_image
 
@@ -358,9 +360,95 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
 
     # Without a poses file: the nearest training view (a query that *is* training view 5 finds it).
     out2 = tmp_path / "loc2"
-    summary = localize.localize_step(tmp_path / "model", scene_json, qdir, out2, write_views=False, **opts)
+    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out2, write_views=False, **opts)
     assert summary["starts"][sub.names[1]] == f"nearest_view:{sub.names[1]}"
     assert not (out2 / "errors.tsv").exists() and not (out2 / "views").exists()
+
+
+def _moved(c2w, s, R, t):
+    return rigid.apply_similarity_to_poses(c2w, s, R, t)
+
+
+def test_ground_truth_in_another_frame_perturbed_starts_and_errors_rule(tmp_path):
+    """Ground truth in another frame (as the demo's generator frame against SfM's) is aligned through the
+    training photos; start='perturbed' moves it by exactly 10 deg / 10 % of the radius; `localize_errors`
+    (the workflow's errors rule) recomputes errors.tsv from poses.json alone."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_train import toy_config
+
+    from nerflib import scene_io
+    from nerflib.types import Scene
+
+    cfg = toy_config(normalize="360", max_steps=2, checkpoint_every=2)
+    scene_json = _train_toy(tmp_path, cfg)
+    scene = scene_io.read_scene_json(scene_json)
+    qdir = tmp_path / "queries"
+    qdir.mkdir()
+    pick = [2, 6]
+    for i in pick:
+        shutil.copy(Path(scene.image_dir) / scene.names[i], qdir / ("q" + scene.names[i]))
+    # The "generator" frame: the scene's world moved by a similarity (scale 3).
+    sim = (3.0, rigid.exp_so3(np.array([0.3, -0.2, 0.5])), np.array([1.0, -2.0, 0.5]))
+    gt = Scene(names=["q" + scene.names[i] for i in pick], c2w=_moved(scene.c2w[pick], *sim),
+               cameras=scene.cameras, camera_idx=np.zeros(2, np.int32))
+    scene_io.write_poses_json(gt, tmp_path / "gt.json")
+    ref = Scene(names=scene.names, c2w=_moved(scene.c2w, *sim), cameras=scene.cameras,
+                camera_idx=scene.camera_idx)
+    scene_io.write_poses_json(ref, tmp_path / "ref.json")
+    truth = localize_step.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "ref.json",
+                                            log=lambda m: None)
+    np.testing.assert_allclose(truth[gt.names[0]], scene.c2w[pick[0]], atol=1e-9)
+    with pytest.raises(ValueError, match="at least 3"):
+        localize_step.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "gt.json")
+
+    opts = dict(iters=2, restarts=1, n_pixels=16, coarse_to_fine=(1,), n_eval=64, lr_rot=0.0, lr_trans=0.0,
+                progress=False, write_views=False, log=lambda m: None)
+    out = tmp_path / "loc"
+    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed",
+                                          gt_poses=tmp_path / "gt.json", gt_reference=tmp_path / "ref.json",
+                                          write_errors=False, **opts)
+    assert summary["starts"] == {n: "perturbed_truth" for n in gt.names}
+    assert not (out / "errors.tsv").exists()
+    assert summary["median_rot_err_deg"] == pytest.approx(10.0, abs=1e-6)  # zero learning rates: the start
+    assert summary["median_trans_err_pct"] == pytest.approx(10.0, abs=1e-6)
+    errors = localize_step.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "gt.json",
+                                           out / "errors.tsv", gt_reference=tmp_path / "ref.json",
+                                           log=lambda m: None)
+    assert errors["median_rot_err_deg"] == pytest.approx(summary["median_rot_err_deg"])
+    rows = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows[1:]] == gt.names + ["median"] and rows[1][-1] == "perturbed_truth"
+    assert all(float(r[3]) == pytest.approx(10.0, abs=1e-3) and float(r[4]) == pytest.approx(10.0, abs=1e-3)
+               for r in rows[1:])
+    with pytest.raises(ValueError, match="perturbed"):
+        localize_step.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed", **opts)
+    with pytest.raises(ValueError, match="no ground truth for any"):
+        localize_step.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "ref.json",
+                                      tmp_path / "e.tsv", log=lambda m: None)
+
+
+def test_sheet_localize_columns_are_checked(tmp_path):
+    """query_gt without queries, and synthetic queries on a photo row, fail the dry run naming row and column."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_workflow_config import HEADER, REPO, dry_run, write_sheet
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_sheet(tmp_path, HEADER + "\tquery_gt", f"real\t{photos}\tOPENCV\t4\ttiny\texhaustive\t\t\t\t\t{photos}")
+    result = dry_run(tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "line 2 (scene 'real'), column 'query_gt'" in out, out
+    assert "needs a `queries` folder" in out
+    write_sheet(tmp_path, HEADER, f"real\t{photos}\tOPENCV\t4\ttiny\texhaustive\t\t\t\tsynthetic")
+    result = dry_run(tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "column 'queries'" in out and "only for rows whose source" in out, out
 
 
 @pytest.mark.nightly  # ~4.5 min on 2 cores; run with `pytest -m nightly`
@@ -395,7 +483,7 @@ def test_trained_field_localizes_demo_queries(tmp_path):
               for c in localize.to_normalized(gt.c2w, norm)]
     gt.c2w = np.stack(starts)
     scene_io.write_poses_json(gt, tmp_path / "starts.json")
-    summary = localize.localize_step(tmp_path / "model", scene_json, tmp_path / "queries", tmp_path / "loc",
+    summary = localize_step.localize_step(tmp_path / "model", scene_json, tmp_path / "queries", tmp_path / "loc",
                                      query_poses=tmp_path / "starts.json", gt_poses=tmp_path / "gt" / "queries.json",
                                      iters=150, n_pixels=256, restarts=2, n_eval=1024, progress=False,
                                      write_views=False, log=lambda m: None)
@@ -424,7 +512,7 @@ def test_register_with_colmap_on_the_demo_scene(tmp_path):
     photos = {n: images.load_image(tmp_path / "queries" / n) for n in queries.names}
     cams = {n: model.cameras[0] for n in queries.names}
     for database in (tmp_path / "sfm" / "database.db", None):
-        found = localize.register_with_colmap(photos, sparse, cameras=cams, database=database,
+        found = localize_step.register_with_colmap(photos, sparse, cameras=cams, database=database,
                                               image_dir=tmp_path / "images", log=lambda m: None)
         assert sorted(found) == queries.names
         for i, name in enumerate(queries.names):

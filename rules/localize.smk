@@ -1,0 +1,45 @@
+# Localization of query photos against the trained field (rows with `queries`):
+# poses.json (camera-to-world in the scene's frame, photometric error, converged
+# flag, which start was used) and views/ (photo | render | difference), then,
+# where ground truth exists, errors.tsv. views/ is rewritten by every run.
+
+
+rule localize:
+    input:
+        unpack(localize_input),
+    output:
+        poses="results/{scene}/localize/poses.json",
+        views=directory("results/{scene}/localize/views"),
+    params:
+        settings=localize_params,
+    log:
+        "logs/localize/{scene}.log",
+    benchmark:
+        "benchmarks/localize/{scene}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/localize.py"
+
+
+rule localize_errors:
+    input:
+        unpack(localize_errors_input),
+    output:
+        errors="results/{scene}/localize/errors.tsv",
+    params:
+        settings=localize_errors_params,
+    log:
+        "logs/localize_errors/{scene}.log",
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/localize.py"
