@@ -50,15 +50,32 @@ def peak_memory_gb() -> float | None:
         return None
 
 
-def held_out_psnr(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> float:
+def held_out_quality(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> tuple[float, float]:
+    """Mean (PSNR, SSIM) over the first `n_views` test views."""
     fn = evaluate.make_render_fn(model, mesh)
-    values = []
+    psnrs, ssims = [], []
     for i, (name, rays, gt) in enumerate(test.iterate_views()):
         if i >= n_views:
             break
         out = evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
-        values.append(float(metrics.psnr(np.clip(out["rgb"], 0, 1), gt)))
-    return float(np.mean(values))
+        rgb = np.clip(out["rgb"], 0, 1)
+        psnrs.append(float(metrics.psnr(rgb, gt)))
+        ssims.append(float(metrics.ssim(rgb, gt)))
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def parse_overrides(items) -> dict:
+    """['model.nerf_net_width=128', 'grad_max_norm=0'] -> {name: value} (values as Python literals)."""
+    import ast
+
+    out = {}
+    for item in items or ():
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[name.strip()] = value.strip()
+    return out
 
 
 def render_speed(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> dict:
@@ -83,6 +100,9 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     overrides = dict(batch_size=batch, max_steps=args.max_steps or configs.get_preset(preset).max_steps)
     if args.chunk:
         overrides["render_chunk_size"] = args.chunk
+    if args.blender_settings:  # multinerf's configs/blender_*.gin: white background shows, MSE loss
+        overrides.update({"model.opaque_background": False, "model.data_loss_type": "mse"})
+    overrides.update(parse_overrides(args.set))
     cfg = configs.get_preset(preset, **overrides)
     model = train_lib.make_model(cfg, train_ds.num_train_images)
     batcher = datasets.RayBatcher(train_ds, batch_size=cfg.batch_size, mesh=mesh,
@@ -115,13 +135,14 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
         window_start = now
         while marks and clock >= marks[0]:
             mark = marks.pop(0)
-            psnr = held_out_psnr(cfg, model, state.params, test_ds, mesh, args.eval_views)
-            evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3)})
-            print(f"  [{preset} b{batch} x{n_dev}] {clock:.0f}s step {n}: held-out PSNR {psnr:.2f}", flush=True)
+            psnr, ssim = held_out_quality(cfg, model, state.params, test_ds, mesh, args.eval_views)
+            evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3), "ssim": round(ssim, 4)})
+            print(f"  [{preset} b{batch} x{n_dev}] {clock:.0f}s step {n}: held-out PSNR {psnr:.2f} SSIM {ssim:.3f}",
+                  flush=True)
             window_start = time.perf_counter()
     if args.final_eval and (not evals or evals[-1]["step"] != n):
-        psnr = held_out_psnr(cfg, model, state.params, test_ds, mesh, args.eval_views)
-        evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3)})
+        psnr, ssim = held_out_quality(cfg, model, state.params, test_ds, mesh, args.eval_views)
+        evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3), "ssim": round(ssim, 4)})
     steps_s = float(np.median(rates)) if rates else float("nan")
     render = render_speed(cfg, model, state.params, test_ds, mesh, args.render_views) if args.render_views else {}
     return {**render,
@@ -144,6 +165,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-views", type=int, default=5)
     p.add_argument("--final-eval", action="store_true")
     p.add_argument("--chunk", type=int, default=0)
+    p.add_argument("--blender-settings", action="store_true",
+                   help="opaque_background=False and MSE loss, as multinerf's blender configs (white background)")
+    p.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (repeatable; model.x too)")
     p.add_argument("--render-views", type=int, default=0, help="time full-image rendering of this many test views")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -177,17 +201,17 @@ def main(argv=None) -> int:
             "jax": jax.__version__, "commit": commit or os.environ.get("DNERF_COMMIT", "?"),
             "host": platform.node(), "command": " ".join(sys.argv)}
     print(f"\n{meta}")
-    print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR @ train s "
+    print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR/SSIM @ train s "
           "| render rays/s | first render view (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['preset']} | {r['batch']} | {r['devices']} | failed: {r['error'][:80]} |")
             continue
-        ev = ", ".join(f"{e['psnr']:.2f}@{e['train_s']:.0f}s" for e in r["evals"]) or "-"
+        ev = ", ".join(f"{e['psnr']:.2f}/{e['ssim']:.3f}@{e['train_s']:.0f}s" for e in r["evals"]) or "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         print(f"| {r['preset']} | {r['batch']} | {r['devices']} | {r['steps_per_s']} | {r['rays_per_s']:,} | "
-              f"{r['first_step_s']} | {mem} | {r['steps']} | {ev} | {r.get('render_rays_per_s', '-'):,} "
+              f"{r['first_step_s']} | {mem} | {r['steps']} | {ev} | {r.get('render_rays_per_s', 0):,} "
               f"| {r.get('render_first_view_s', '-')} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
