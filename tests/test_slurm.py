@@ -21,6 +21,7 @@ munge not installed, not root, or the daemons do not come up.
 
 from __future__ import annotations
 
+import concurrent.futures
 import filecmp
 import os
 import pwd
@@ -60,6 +61,7 @@ REDUCED = {
                         "tb_every": 10},
     "render": {"frames": 2, "fps": 2},
 }
+LOCAL_WITHOUT_JAX = ("results/demo/poses/scene.json", "results/demo/images_4")
 LOCAL_TARGETS = ("results/demo/model/final.json",)  # the local run stops after training
 LOCAL_SKIPS = {"eval", "evaluate", "render"}  # folders only the SLURM run writes: results/demo/eval, logs/render, ...
 RUN_TIMEOUT_S = 600
@@ -271,24 +273,33 @@ def test_every_gpu_job_of_the_full_demo_goes_to_the_gpu_partition(cluster, tmp_p
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
-    """The reduced demo through SLURM, then locally up to training; the SLURM jobs as slurmctld saw them."""
-    cache = tmp_path_factory.mktemp("jax_cache")  # shared: the local run does not compile again
+    """The reduced demo through SLURM and locally up to training; the SLURM jobs as slurmctld saw them.
+
+    The local run's steps without JAX go alongside the SLURM run (which mostly
+    waits between status checks); its training after it, from the JAX compile
+    cache that the SLURM run filled (not shared while both run: its writes are
+    not atomic).
+    """
+    cache = tmp_path_factory.mktemp("jax_cache")
     slurm_dir = _reduced_workdir(tmp_path_factory, "through_slurm")
     local_dir = _reduced_workdir(tmp_path_factory, "local")
     start = time.monotonic()
-    result = _slurm_snakemake(cluster, slurm_dir, env={"DNERF_JAX_CACHE": str(cache)})
-    slurm_s = time.monotonic() - start
-    jobs = cluster.jobs()  # before MinJobAge (300 s) forgets the finished ones
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        local_first = pool.submit(snakemake_local, local_dir, *LOCAL_WITHOUT_JAX, timeout=RUN_TIMEOUT_S)
+        result = _slurm_snakemake(cluster, slurm_dir, env={"DNERF_JAX_CACHE": str(cache)})
+        slurm_s = time.monotonic() - start
+        jobs = cluster.jobs()  # before MinJobAge (300 s) forgets the finished ones
+        local = local_first.result()
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:] + "\n" + _tail(
         cluster.state / "slurmctld.log", 30)
-    # Evaluation and rendering (a JAX compilation each, a third of the time) only
-    # through SLURM: their outputs are checked with `snakemake -n` below.
-    start = time.monotonic()
+    assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
+    # Evaluation and rendering (a JAX compilation each) only through SLURM: their
+    # outputs are checked with `snakemake -n` below.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DNERF_JAX_CACHE", str(cache))
         local = snakemake_local(local_dir, *LOCAL_TARGETS, timeout=RUN_TIMEOUT_S)
     assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
-    print(f"reduced demo: {slurm_s:.0f} s through SLURM, {time.monotonic() - start:.0f} s locally (up to training)")
+    print(f"reduced demo: {slurm_s:.0f} s through SLURM, {time.monotonic() - start:.0f} s in all")
     return {"slurm": slurm_dir, "local": local_dir, "jobs": jobs, "log": result.stdout + result.stderr}
 
 
