@@ -201,7 +201,7 @@ def main(argv=None) -> int:
             "jax": jax.__version__, "commit": commit or os.environ.get("DNERF_COMMIT", "?"),
             "host": platform.node(), "command": " ".join(sys.argv)}
     print(f"\n{meta}")
-    print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GB) | steps | held-out PSNR/SSIM @ train s "
+    print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GiB) | steps | held-out PSNR/SSIM @ train s "
           "| render rays/s | first render view (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
