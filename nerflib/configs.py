@@ -237,6 +237,11 @@ def get_preset(name: str, **overrides) -> Config:
     return factories[name](**overrides)
 
 
+def override(cfg: Config, **overrides) -> Config:
+    """`cfg` with `overrides` applied (top-level names, `model={...}` or dotted `model.x`), validated."""
+    return _replace(cfg, overrides)
+
+
 def _replace(cfg: Config, overrides: dict) -> Config:
     """Apply top-level, `model={...}` and dotted `model.x` overrides, validating names and types."""
     if not overrides:
@@ -265,6 +270,26 @@ def _replace(cfg: Config, overrides: dict) -> Config:
             raise ValueError(f"unknown model config field {key!r}; known: {', '.join(sorted(merged['model']))}")
         merged["model"][key] = value
     return from_dict(merged)
+
+
+def for_scene(cfg: Config, scene) -> Config:
+    """`cfg` adapted to what kind of capture `scene` (a types.Scene) is; idempotent.
+
+    * forward-facing (LLFF) scenes are normalized as 'forward' instead of '360';
+    * an object on a plain background (Blender synthetic sets) trains as
+      multinerf's Blender configs do: MSE data loss and no opaque last interval,
+      so empty space shows the background. With the 360 recipe (Charbonnier
+      loss, opaque far interval) such a scene collapses to an empty field that
+      renders the background colour (measured on lego, bench/RESULTS.md).
+
+    Applied before the user's overrides (steps.train), so these stay the user's choice.
+    """
+    if scene.forward_facing and cfg.normalize == "360":
+        cfg = dataclasses.replace(cfg, normalize="forward")
+    if getattr(scene, "object_on_background", False):
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, opaque_background=False, data_loss_type="mse"))
+    return cfg
 
 
 def scale_batch_size(cfg: Config, new_batch_size: int) -> Config:

@@ -102,6 +102,7 @@ def scene_to_dict(scene: Scene, *, relative_to: str | os.PathLike | None = None)
         "near": scene.near,
         "far": scene.far,
         "forward_facing": bool(scene.forward_facing),
+        "object_on_background": bool(scene.object_on_background),
     }
 
 
@@ -122,6 +123,7 @@ def scene_from_dict(d: dict, *, base_dir: str | os.PathLike | None = None, sourc
         near=d.get("near"),
         far=d.get("far"),
         forward_facing=bool(d.get("forward_facing", False)),
+        object_on_background=bool(d.get("object_on_background", False)),
     )
 
 
@@ -507,7 +509,9 @@ def read_blender(path, *, splits=None, check_images: bool = True) -> Scene:
     to all images becomes `scene.image_dir`, so names keep their split folder
     when several splits are read (e.g. 'train/r_0.png', 'test/r_0.png').
     OpenGL axes are converted to OpenCV. near/far are left unset (NeRF's
-    synthetic scenes use 2 and 6).
+    synthetic scenes use 2 and 6). Images with an alpha channel (the synthetic
+    sets) mark the scene `object_on_background`; real captures in this format
+    (instant-ngp, nerfstudio) have none.
     """
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else _blender_files(Path(path), splits)
     table = _CameraTable()
@@ -538,8 +542,20 @@ def read_blender(path, *, splits=None, check_images: bool = True) -> Scene:
             idx.append(table.add(cam))
     root = Path(os.path.commonpath([p.parent for p in full]))
     names = [p.relative_to(root).as_posix() for p in full]
-    scene = Scene(names=names, c2w=np.array(c2ws), cameras=table.cameras, camera_idx=np.array(idx), image_dir=str(root))
+    scene = Scene(names=names, c2w=np.array(c2ws), cameras=table.cameras, camera_idx=np.array(idx), image_dir=str(root),
+                  object_on_background=_has_alpha(full[0]))
     return validate_scene(scene, _listing(str(p) for p in paths), check_images=check_images)
+
+
+def _has_alpha(image: Path) -> bool:
+    """True if `image` exists and has an alpha channel (reads the header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    except (OSError, ValueError):
+        return False
 
 
 def _blender_intrinsics(camera: Camera) -> dict:
@@ -930,6 +946,7 @@ def normalize_scene(scene: Scene, *, mode: str = "360") -> tuple[Scene, dict]:
         near=None if scene.near is None else scene.near * s,
         far=None if scene.far is None else scene.far * s,
         forward_facing=mode == "forward",
+        object_on_background=scene.object_on_background,
     )
     return out, {"mode": mode, "scale": float(s), "center": center, "rotation": R, "T": T, "T_inv": np.linalg.inv(T)}
 

@@ -95,26 +95,24 @@ def pyramid(images, out_dir, *, factor, threads=1) -> dict:
 
 
 def _load_split(cfg, scene_json, images, *, split: str):
-    """A split of the scene at cfg.factor; forward-facing captures are normalized as such."""
-    import dataclasses
-
-    from nerflib import datasets, scene_io
+    """A split of the scene at cfg.factor, normalized as configs.for_scene says."""
+    from nerflib import configs, datasets, scene_io
 
     scene = scene_io.read_scene_json(scene_json)
-    if scene.forward_facing and cfg.normalize == "360":
-        cfg = dataclasses.replace(cfg, normalize="forward")
-    return datasets.load_for_config(cfg, scene, image_dir=images, split=split)
+    return datasets.load_for_config(configs.for_scene(cfg, scene), scene, image_dir=images, split=split)
 
 
 def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=None) -> dict:
     """Train (or resume) the radiance field of a scene; writes model_dir/final.json last."""
     import jax
 
-    from nerflib import configs, parallel
+    from nerflib import configs, parallel, scene_io
     from nerflib import train as train_mod
 
     parallel.initialize_distributed()
-    cfg = configs.get_preset(preset, factor=int(factor), **dict(overrides or {}))
+    # The capture's kind adapts the preset first; the user's overrides win over both.
+    base = configs.for_scene(configs.get_preset(preset, factor=int(factor)), scene_io.read_scene_json(scene_json))
+    cfg = configs.override(base, **dict(overrides or {}))
     dataset = _load_split(cfg, scene_json, images, split="train")
     summary = train_mod.train(cfg, dataset, model_dir)
     if jax.process_index() == 0:

@@ -74,6 +74,9 @@ class Scene:
     points   : optional [P, 3] sparse points (world frame), e.g. from SfM.
     near/far : optional per-scene bounds in world units (LLFF files carry them).
     forward_facing : True for LLFF-style captures (rendered in NDC).
+    object_on_background : True for an object on a plain background (Blender
+               synthetic sets: RGBA images): empty space shows the background colour,
+               which changes the training recipe (configs.for_scene).
     """
 
     names: list[str]
@@ -85,6 +88,7 @@ class Scene:
     near: float | None = None
     far: float | None = None
     forward_facing: bool = False
+    object_on_background: bool = False
 
     def __post_init__(self):
         self.c2w = np.asarray(self.c2w, dtype=np.float64)

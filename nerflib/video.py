@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from nerflib import cameras as cam_lib
-from nerflib import checkpoint, datasets, evaluate, fileio, models, parallel, paths, scene_io
+from nerflib import checkpoint, configs, datasets, evaluate, fileio, models, parallel, paths, scene_io
 from nerflib.types import Camera
 
 KINDS = ("color", "depth", "acc")
@@ -190,8 +190,7 @@ def training_frame(cfg, scene_json, *, images=None) -> TrainingFrame:
     read); None -> the scene's own layout (image_dir, or images_{factor} beside it).
     """
     scene = scene_io.read_scene_json(scene_json)
-    if scene.forward_facing and cfg.normalize == "360":  # the rule of steps._load_split
-        cfg = dataclasses.replace(cfg, normalize="forward")
+    cfg = configs.for_scene(cfg, scene)  # as steps.train did
     ds = datasets.load_for_config(cfg, scene, image_dir=images, split="all", lazy=True)
     norm = ds.scene
     where = {name: i for i, name in enumerate(norm.names)}

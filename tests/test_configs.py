@@ -77,3 +77,23 @@ def test_scale_batch_size_follows_multinerf_readme():
 def test_white_background_follows_the_model():
     assert configs.tiny().white_background
     assert not configs.tiny(model={"background": "black"}).white_background
+
+
+def test_for_scene_adapts_the_recipe_to_the_capture():
+    import numpy as np
+
+    from nerflib.types import Camera, Scene
+
+    def scene(**kind):
+        return Scene(names=["a.png"], c2w=np.eye(4)[None, :3], cameras=[Camera("PINHOLE", 8, 8, (8.0, 8.0, 4.0, 4.0))],
+                     camera_idx=np.zeros(1, np.int32), **kind)
+
+    base = configs.get_preset("mipnerf360")
+    assert configs.for_scene(base, scene()) == base
+    assert configs.for_scene(base, scene(forward_facing=True)).normalize == "forward"
+    obj = configs.for_scene(base, scene(object_on_background=True))
+    assert (obj.model.opaque_background, obj.model.data_loss_type) == (False, "mse")
+    assert configs.for_scene(obj, scene(object_on_background=True)) == obj  # idempotent
+    # The user's overrides are applied after it and win.
+    mine = configs.override(obj, **{"model.data_loss_type": "charbonnier"})
+    assert mine.model.data_loss_type == "charbonnier" and not mine.model.opaque_background

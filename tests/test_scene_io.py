@@ -116,6 +116,7 @@ def test_blender_round_trip_one_and_many_cameras(tmp_path):
         back = scene_io.load_poses(path)
         _assert_same(scene, back)
         assert Path(back.image_dir).resolve() == (tmp_path / "images").resolve()
+        assert not back.object_on_background  # RGB photos: a real capture in Blender's format
 
 
 def test_llff_round_trip_and_image_scaling(tmp_path):
@@ -404,6 +405,9 @@ def test_real_lego_blender(dataset):
     assert np.degrees(np.arccos(cos)).max() < 1.0
     out, tr = scene_io.normalize_scene(train)
     assert np.linalg.norm(tr["center"]) < 0.01 and np.isclose(np.linalg.norm(out.c2w[:, :, 3], axis=1).max(), 1)
+    # RGBA renders: an object on a plain background, kept through normalization and scene.json.
+    assert train.object_on_background and out.object_on_background
+    assert scene_io.scene_from_dict(scene_io.scene_to_dict(train)).object_on_background
 
 
 @pytest.mark.data
