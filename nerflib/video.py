@@ -248,14 +248,32 @@ def _camera_dict(camera: Camera) -> dict:
             "params": [float(p) for p in camera.params]}
 
 
-def _frames_meta(c2w, camera, near, far, depth_ref, step) -> dict:
+def params_digest(params) -> str:
+    """SHA-256 of a parameter tree (names, shapes, dtypes, bytes): which model rendered a frame.
+
+    The step alone does not say it: a retrained model (another config or
+    data) usually ends at the same step.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(parallel.fetch(params))[0],
+                             key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _frames_meta(c2w, camera, near, far, depth_ref, step, digest) -> dict:
     return {"c2w": np.asarray(c2w).tolist(), "camera": _camera_dict(camera), "near": float(near),
-            "far": float(far), "depth_ref": float(depth_ref), "model_step": int(step)}
+            "far": float(far), "depth_ref": float(depth_ref), "model_step": int(step), "model_digest": digest}
 
 
 def _same_meta(a: dict, b: dict) -> bool:
     try:
         return (a["camera"] == b["camera"] and a["model_step"] == b["model_step"]
+                and a["model_digest"] == b["model_digest"]
                 and np.isclose(a["near"], b["near"]) and np.isclose(a["far"], b["far"])
                 and np.isclose(a["depth_ref"], b["depth_ref"])
                 and np.shape(a["c2w"]) == np.shape(b["c2w"])
@@ -352,7 +370,8 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
 
     todo = np.ones(n_frames, bool)
     if main:
-        todo = _prepare_frames(out_dir, _frames_meta(c2w, camera, near, far, depth_ref, step), n_frames, log)
+        todo = _prepare_frames(out_dir, _frames_meta(c2w, camera, near, far, depth_ref, step, params_digest(params)),
+                               n_frames, log)
     todo = _agree(todo)
     log(f"render: {n_frames} frames of {camera.width}x{camera.height} on the {kind} path "
         f"(model step {step}); {int(todo.sum())} to render, {n_frames - int(todo.sum())} already on disk")

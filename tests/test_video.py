@@ -256,3 +256,23 @@ def test_depth_colors_and_even_padding():
     padded = video._pad_even(np.arange(15, dtype=np.uint8).reshape(3, 5))
     assert padded.shape == (4, 6)
     np.testing.assert_array_equal(padded[3, :5], padded[2, :5])
+
+
+def test_frames_of_another_model_at_the_same_step_are_not_reused():
+    """The frame cache is keyed on the parameters' digest, not only the step."""
+    from nerflib import video
+    from nerflib.types import Camera
+
+    params = {"a": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "b": np.ones(4, np.float32)}
+    retrained = {"a": {"w": params["a"]["w"] + 1e-6}, "b": params["b"]}
+    d0 = video.params_digest(params)
+    assert d0 == video.params_digest({"b": params["b"].copy(), "a": {"w": params["a"]["w"].copy()}})
+    assert d0 != video.params_digest(retrained)
+    assert d0 != video.params_digest({"a": {"w": params["a"]["w"].reshape(3, 2)}, "b": params["b"]})
+    camera = Camera("PINHOLE", 8, 6, (8.0, 8.0, 4.0, 3.0))
+    c2w = np.eye(4)[None, :3].repeat(3, 0)
+    meta = video._frames_meta(c2w, camera, 0.1, 5.0, 0.1, 100, d0)
+    assert video._same_meta(meta, video._frames_meta(c2w, camera, 0.1, 5.0, 0.1, 100, d0))
+    assert not video._same_meta(meta, video._frames_meta(c2w, camera, 0.1, 5.0, 0.1, 100,
+                                                         video.params_digest(retrained)))
+    assert not video._same_meta({k: v for k, v in meta.items() if k != "model_digest"}, meta)  # an old cache
