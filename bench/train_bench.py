@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -94,16 +95,17 @@ def render_speed(cfg, model, params, test: datasets.Dataset, mesh, n_views: int)
     return {"render_first_view_s": round(first, 1), "render_rays_per_s": round(n_rays / dt) if n_rays else 0}
 
 
-def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float) -> dict:
+def setup(preset: str, batch: int, n_dev: int, args, train_ds) -> types.SimpleNamespace:
+    """Config (the preset adapted to the scene as the workflow does, then --set), model, state, step fn."""
     devices = jax.devices()[:n_dev]
     mesh = parallel.make_mesh(devices)
     overrides = dict(batch_size=batch, max_steps=args.max_steps or configs.get_preset(preset).max_steps)
     if args.chunk:
         overrides["render_chunk_size"] = args.chunk
-    if args.blender_settings:  # multinerf's configs/blender_*.gin: white background shows, MSE loss
+    if args.blender_settings:  # multinerf's configs/blender_*.gin (configs.for_scene does it for RGBA scenes)
         overrides.update({"model.opaque_background": False, "model.data_loss_type": "mse"})
     overrides.update(parse_overrides(args.set))
-    cfg = configs.get_preset(preset, **overrides)
+    cfg = configs.override(configs.for_scene(configs.get_preset(preset), train_ds.scene), **overrides)
     model = train_lib.make_model(cfg, train_ds.num_train_images)
     batcher = datasets.RayBatcher(train_ds, batch_size=cfg.batch_size, mesh=mesh,
                                   mode=datasets.choose_mode(train_ds, setting=cfg.image_sharding,
@@ -111,8 +113,13 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     key = jax.random.PRNGKey(0)
     state = train_lib.init_state(cfg, train_ds, key, mesh, model=model)
     step = train_lib.make_train_step(cfg, model, mesh, batcher=batcher)
-    data = batcher.data
-    key = parallel.replicate(np.asarray(jax.device_get(key)), mesh)
+    return types.SimpleNamespace(cfg=cfg, model=model, mesh=mesh, state=state, step=step, data=batcher.data,
+                                 key=parallel.replicate(np.asarray(jax.device_get(key)), mesh))
+
+
+def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float) -> dict:
+    run = setup(preset, batch, n_dev, args, train_ds)
+    cfg, model, mesh, state, step, data, key = run.cfg, run.model, run.mesh, run.state, run.step, run.data, run.key
     marks = sorted(float(s) for s in args.eval_at)
     evals = []
     t0 = time.perf_counter()
@@ -121,7 +128,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     first_step_s = time.perf_counter() - t0
     clock = first_step_s  # training wall-clock, evaluation excluded
     n = 1
-    window_start, window_steps, rates = time.perf_counter(), 0, []
+    window_start, rates = time.perf_counter(), []
     while clock < seconds and n < cfg.max_steps:
         for _ in range(args.sync_every):
             state, stats = step(state, data, key)
@@ -134,7 +141,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
             rates.append(args.sync_every / dt)
         window_start = now
         while marks and clock >= marks[0]:
-            mark = marks.pop(0)
+            marks.pop(0)
             psnr, ssim = held_out_quality(cfg, model, state.params, test_ds, mesh, args.eval_views)
             evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3), "ssim": round(ssim, 4)})
             print(f"  [{preset} b{batch} x{n_dev}] {clock:.0f}s step {n}: held-out PSNR {psnr:.2f} SSIM {ssim:.3f}",
