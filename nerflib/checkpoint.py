@@ -41,7 +41,10 @@ def save_config(model_dir: str | os.PathLike, cfg: configs.Config) -> None:
 def load_config(model_dir: str | os.PathLike) -> configs.Config:
     path = Path(model_dir) / CONFIG_NAME
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: is {model_dir} a trained model folder?")
+        raise ValueError(
+            f"{path} does not exist: {model_dir} is not a trained model folder; point at the model/ folder "
+            "that training wrote (results/{scene}/model), or train first"
+        )
     return configs.load_json(path)
 
 
@@ -128,6 +131,12 @@ def restore_params(model_dir: str | os.PathLike, mesh: Mesh, *, step: int | None
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"{checkpoint_dir(model_dir)} holds no checkpoint; train the model first")
+        available = ckpt.all_steps()
+        if step not in available:
+            raise ValueError(
+                f"{checkpoint_dir(model_dir)} holds no checkpoint of step {step}; available steps: "
+                f"{', '.join(map(str, available))}; pick one of them, or leave step unset for the latest"
+            )
         tree = ckpt.restore(mesh, step=step)
     params = tree["params"] if isinstance(tree, dict) else tree.params
     return cfg, params, int(step)

@@ -16,6 +16,7 @@ dotted names through a dict: `get_preset('tiny', **{'model.num_nerf_samples': 8}
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -263,13 +264,24 @@ def _replace(cfg: Config, overrides: dict) -> Config:
     merged = to_dict(cfg)
     for key, value in top.items():
         if key not in merged:
-            raise ValueError(f"unknown config field {key!r}; known: {', '.join(sorted(merged))}")
+            raise ValueError(
+                f"unknown config field {key!r}{_did_you_mean(key, merged)}; known: {', '.join(sorted(merged))}"
+            )
         merged[key] = to_dict(value) if dataclasses.is_dataclass(value) else value
     for key, value in model_over.items():
         if key not in merged["model"]:
-            raise ValueError(f"unknown model config field {key!r}; known: {', '.join(sorted(merged['model']))}")
+            raise ValueError(
+                f"unknown model config field {key!r}{_did_you_mean(key, merged['model'])}; "
+                f"known: {', '.join(sorted(merged['model']))}"
+            )
         merged["model"][key] = value
     return from_dict(merged)
+
+
+def _did_you_mean(name: str, known) -> str:
+    """' (did you mean 'x' or 'y'?)' for the closest known names, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.4)  # 0.4: 'lr' still finds 'lr_init'
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def for_scene(cfg: Config, scene) -> Config:
@@ -389,5 +401,8 @@ def load_json(path: str | os.PathLike) -> Config:
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read config {path}: {e}") from e
+        raise ValueError(
+            f"cannot read config {path}: {e}; the file is damaged: retrain, or copy config.json back from a "
+            "backup of this model folder"
+        ) from e
     return from_dict(d)

@@ -42,7 +42,7 @@ def pyramid_size(width: int, height: int, factor: int) -> tuple[int, int]:
         raise ValueError(f"factor must be a positive integer, got {factor!r}")
     w, h = int(width) // int(factor), int(height) // int(factor)
     if w < 1 or h < 1:
-        raise ValueError(f"factor {factor} is too large for a {width}x{height} image")
+        raise ValueError(f"factor {factor} is too large for a {width}x{height} image; use a smaller factor")
     return w, h
 
 
@@ -78,7 +78,11 @@ def _is_up_to_date(src: Path, dst: Path) -> bool:
 def _make_one(src: Path, dst: Path, factor: int) -> tuple[int, int]:
     import cv2
 
-    small = downsample(read_raw(src), factor)
+    image = read_raw(src)
+    try:
+        small = downsample(image, factor)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from e
     ok, buf = cv2.imencode(src.suffix, small, _encode_params(src.suffix))
     if not ok:
         raise OSError(f"could not encode {dst}")

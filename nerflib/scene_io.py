@@ -200,7 +200,9 @@ def validate_scene(scene: Scene, source: str, *, check_images: bool = True) -> S
     """Check poses, intrinsics and (if `check_images` and scene.image_dir) the image files."""
     for i, name in enumerate(scene.names):
         if not np.isfinite(scene.c2w[i]).all():
-            raise ValueError(f"{source}: image {name!r}: the pose has non-finite values (nan/inf)")
+            raise ValueError(
+                f"{source}: image {name!r}: the pose has non-finite values (nan/inf); remove or fix that entry"
+            )
         _check_rotation(scene.c2w[i, :, :3], source, f"image {name!r}")
     for k, cam in enumerate(scene.cameras):
         if not np.isfinite(cam.params).all():
@@ -209,7 +211,10 @@ def validate_scene(scene: Scene, source: str, *, check_images: bool = True) -> S
             raise ValueError(f"{source}: camera {k} needs positive focal lengths and image size, got {cam}")
     if len(set(scene.names)) != len(scene.names):
         dup = sorted({n for n in scene.names if scene.names.count(n) > 1})
-        raise ValueError(f"{source}: image names appear more than once: {_listing(dup)}")
+        raise ValueError(
+            f"{source}: image names appear more than once: {_listing(dup)}; give one pose per image "
+            "(remove the repeated entries)"
+        )
     if check_images and scene.image_dir is not None:
         folder = Path(scene.image_dir)
         if not folder.is_dir():
@@ -614,7 +619,10 @@ def read_llff(poses_bounds_npy, image_dir=None, *, check_images: bool = True) ->
         raise ValueError(f"{source}: expected an [N, 17] array (3x5 pose-hwf + near, far per image), got {arr.shape}")
     if not np.isfinite(arr).all():
         bad = sorted(set(np.nonzero(~np.isfinite(arr))[0].tolist()))
-        raise ValueError(f"{source}: rows {_listing(bad)} have non-finite values (nan/inf)")
+        raise ValueError(
+            f"{source}: rows {_listing(bad)} (0-based) have non-finite values (nan/inf); fix or remove those rows "
+            "and their images (rows pair with the sorted image files)"
+        )
     poses = arr[:, :15].reshape(-1, 3, 5)
     bounds = arr[:, 15:]
     image_dir = Path(image_dir) if image_dir is not None else path.parent / "images"
@@ -702,7 +710,7 @@ def _scene_from_records(records, *, source: str, image_dir, check_images: bool) 
         name = r.get("name")
         if not name:
             raise ValueError(f"{source}: record {j} has no 'name'")
-        where = f"image {name!r}"
+        where = r.get("_where") or f"image {name!r}"  # csv records name their row
         for key in ("convention", "pose_type", "matrix", *_INTRINSIC_NAMES):
             if r.get(key) is None:
                 raise ValueError(
@@ -748,7 +756,9 @@ def _csv_matrix(row: dict, source: str, where: str):
     try:
         vals = [float(row[k]) for k in keys]
     except ValueError as e:
-        raise ValueError(f"{source}: {where}: a matrix entry is not a number: {e}") from e
+        raise ValueError(
+            f"{source}: {where}: a matrix entry is not a number ({e}); write each m.. cell as a plain decimal number"
+        ) from e
     return np.array(vals).reshape(-1, 4)
 
 
@@ -769,6 +779,7 @@ def read_poses_csv(path, *, image_dir=None, check_images: bool = True) -> Scene:
         r = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
         r = {k: v for k, v in r.items() if v not in ("", None)}
         r["matrix"] = _csv_matrix(r, str(path), where)
+        r["_where"] = where
         records.append(r)
     return _scene_from_records(records, source=str(path), image_dir=image_dir if image_dir is not None else path.parent,
                                check_images=check_images)
@@ -853,7 +864,10 @@ def load_poses(path, fmt: str = "auto", *, image_dir=None, check_images: bool = 
     if fmt not in FORMATS:
         raise ValueError(f"unknown poses format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not path.exists():
-        raise ValueError(f"poses file or folder {path} does not exist")
+        raise ValueError(
+            f"poses file or folder {path} does not exist; check the path (relative paths start from the "
+            "working directory), or leave the sheet's `poses` cell empty to run SfM instead"
+        )
     if fmt == "auto":
         fmt = detect_format(path)
     kw = {"check_images": check_images}
