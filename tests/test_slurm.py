@@ -13,7 +13,7 @@ GPUs, so the profile's GPU requests are scheduled for real). A reduced demo
 The tests check that every job was an sbatch job of this cluster that completed,
 with the resources the profile asks for, and that the outputs match the local
 run's: identical synthetic scene and pyramid, the same files, SfM poses and
-held-out metrics within tolerances (SfM and training are not bit-reproducible).
+training PSNR within tolerances (SfM and training are not bit-reproducible).
 
 Nightly (`pytest -m nightly`): a training job signalled with SIGTERM saves a
 checkpoint, fails, is resubmitted by the profile's `retries` and resumes.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import filecmp
+import importlib.util
 import os
 import pwd
 import re
@@ -52,7 +53,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent / "slurm"
 PROFILES = [REPO / "profiles" / "slurm", HERE / "profile"]
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo", "scancel")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo", "scancel")
 RULES = ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render")  # at least these
 GPU_RULES = ("train", "evaluate", "render")  # gpu=1: set-resources of the profile, or the rule's own
 # A demo small enough for CI (about a minute per run on 2 cores) that SfM still registers every view.
@@ -199,7 +200,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    missing = [d for d in PROGRAMS if shutil.which(d) is None]
     if missing:
         pytest.skip(f"SLURM test skipped: {', '.join(missing)} not installed "
                     "(apt-get install slurm-wlm munge; .ci/run does this when run as root)")
@@ -209,10 +210,9 @@ def cluster(tmp_path_factory):
         pwd.getpwnam("munge")
     except KeyError:
         pytest.skip("SLURM test skipped: no munge user (the munge package creates it)")
-    try:
-        import snakemake_executor_plugin_slurm  # noqa: F401
-    except ImportError:
-        pytest.fail("snakemake-executor-plugin-slurm is not installed: pip install -e '.[slurm]'")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.fail("snakemake-executor-plugin-slurm is not installed "
+                    "(pip install -e '.[slurm]'; CI gets it from the test extra)")
     cl = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
         try:
