@@ -25,7 +25,7 @@ from nerflib import checkpoint, configs, datasets, images, parallel, pyramid, sc
 
 from imagetools import noise, write_encoded
 from test_images import _jpeg_with_orientation
-from test_workflow_config import HEADER, dry_run, workdir, write_sheet  # noqa: F401 (workdir: a fixture)
+from test_workflow_config import HEADER, run_snakemake, workdir, write_sheet  # noqa: F401 (workdir: a fixture)
 
 
 def photos(folder, names=("a.png", "b.png", "c.png"), *, h=12, w=16):
@@ -451,3 +451,39 @@ def _digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+
+
+# ------------------------------------------------------------------ through the workflow
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_corrupt_photo_fails_the_pyramid_rule_in_its_log_and_keeps_other_outputs(workdir):  # noqa: F811
+    """A photo that turns bad after a good run: the rule fails naming it, in its log and on the terminal.
+
+    Snakemake deletes the outputs of a job before (re)running it, so the
+    failing scene's stale images_2/ goes (no half-written set may remain);
+    another scene's good output and the photos themselves are untouched.
+    """
+    cup, mug = photos(workdir / "cup"), photos(workdir / "mug")
+    write_sheet(workdir, HEADER, *(f"{s}\t{workdir / s}\tPINHOLE\t2\ttiny\texhaustive\t\t\t\t" for s in ("cup", "mug")))
+    targets = ["results/cup/images_2", "results/mug/images_2"]
+    good = run_snakemake(workdir, *targets)
+    assert good.returncode == 0, good.stderr[-3000:]
+    mug_before, cup_before = _digests(workdir / targets[1]), _digests(workdir / targets[0])
+    garbage(cup / "junk.jpg")
+    photos_before = _digests(cup)
+
+    bad = run_snakemake(workdir, *targets)
+    assert bad.returncode != 0
+    expected = [str(cup / "junk.jpg"), "cannot decode", "remove the file or re-export it"]
+    log = (workdir / "logs" / "pyramid" / "cup_2.log").read_text()
+    for text in expected:
+        assert text in log, f"{text!r} not in the rule's log:\n{log}"
+        assert text in bad.stderr, f"{text!r} not on the terminal:\n{bad.stderr[-3000:]}"
+    assert _digests(workdir / targets[1]) == mug_before
+    assert _digests(cup) == photos_before
+    cup_out = workdir / targets[0]
+    assert not cup_out.exists() or _digests(cup_out) == cup_before

@@ -20,13 +20,18 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def dry_run(workdir, *extra):
+def run_snakemake(workdir, *args, cores=1):
+    """Snakemake on the repository's workflow in `workdir` (a completed process, output captured)."""
     return subprocess.run(
-        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "--cores", "1", *extra],
+        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def dry_run(workdir, *extra):
+    return run_snakemake(workdir, "-n", *extra)
 
 
 def write_sheet(workdir, *lines):
