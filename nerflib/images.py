@@ -84,6 +84,21 @@ def _read_header(path: Path) -> tuple[int, int, int]:
     return int(width), int(height), orientation
 
 
+def verify_image(path: str | os.PathLike) -> None:
+    """Raise ValueError (naming the file and the fix) unless `path` decodes completely.
+
+    Catches what OpenCV lets through, e.g. a truncated JPEG (partly grey pixels).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file")
+        _read_header(path)
+    except Exception as e:  # Pillow raises several types for corrupt data
+        raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); "
+                         "remove the file or re-export it from the original photo") from e
+
+
 def check_images(
     folder: str | os.PathLike,
     *,

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nerflib import fileio
-from nerflib.images import list_images, read_raw
+from nerflib.images import list_images, read_raw, verify_image
 
 JPEG_QUALITY = 95
 
@@ -78,6 +78,7 @@ def _is_up_to_date(src: Path, dst: Path) -> bool:
 def _make_one(src: Path, dst: Path, factor: int) -> tuple[int, int]:
     import cv2
 
+    verify_image(src)  # OpenCV would turn a truncated JPEG into a partly grey one
     image = read_raw(src)
     try:
         small = downsample(image, factor)

@@ -104,7 +104,14 @@ def _pyramid_corrupt(tmp):
     folder = photos(tmp / "photos")
     garbage(folder / "junk.jpg")
     call = lambda: pyramid.make_pyramid(folder, tmp / "images_2", 2, progress=False)  # noqa: E731
-    return call, ["junk.jpg", "cannot decode", "re-export"]
+    return call, ["junk.jpg", "cannot", "re-export"]
+
+
+def _pyramid_truncated_jpeg(tmp):
+    folder = photos(tmp / "photos")
+    truncated_jpeg(folder / "cut.jpg")  # OpenCV alone would decode it to a partly grey image
+    call = lambda: pyramid.make_pyramid(folder, tmp / "images_2", 2, progress=False)  # noqa: E731
+    return call, ["cut.jpg", "cannot read image", "re-export"]
 
 
 def _pyramid_factor_too_large(tmp):
@@ -131,6 +138,7 @@ BAD_IMAGES = {
     "mixed sizes, one camera": _mixed_sizes_one_camera,
     "too few images": _too_few,
     "corrupt image in pyramid": _pyramid_corrupt,
+    "truncated JPEG in pyramid": _pyramid_truncated_jpeg,
     "pyramid factor too large": _pyramid_factor_too_large,
     "image size differs from its camera": _image_size_vs_camera,
 }
@@ -478,7 +486,7 @@ def test_corrupt_photo_fails_the_pyramid_rule_in_its_log_and_keeps_other_outputs
 
     bad = run_snakemake(workdir, *targets)
     assert bad.returncode != 0
-    expected = [str(cup / "junk.jpg"), "cannot decode", "remove the file or re-export it"]
+    expected = [str(cup / "junk.jpg"), "cannot read image", "remove the file or re-export it"]
     log = (workdir / "logs" / "pyramid" / "cup_2.log").read_text()
     for text in expected:
         assert text in log, f"{text!r} not in the rule's log:\n{log}"
