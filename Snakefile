@@ -1,11 +1,15 @@
-# Distributed NeRF: photos -> poses -> image pyramid -> radiance field -> evaluation.
-# Run `snakemake --cores all` (local) or `snakemake --profile profiles/slurm` (cluster).
+# Distributed NeRF: photos -> poses -> image pyramid -> radiance field -> evaluation -> report.
+# Run `snakemake --cores all` (local) or `snakemake --profile profiles/slurm` (cluster);
+# then `snakemake --report report.html` for the browsable report.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+report: "rules/report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -15,6 +19,7 @@ include: "rules/pyramid.smk"
 include: "rules/train.smk"
 include: "rules/render.smk"
 include: "rules/localize.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -173,3 +173,24 @@ def localize_errors(poses_json, scene_json, *, model_dir, out, gt_poses, gt_refe
 
     return localize_step.localize_errors(poses_json, scene_json, model_dir, gt_poses, out,
                                          gt_reference=gt_reference or None)
+
+
+def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
+    """The report's per-scene figures: out_dir/cameras.png, training.png and settings.tsv."""
+    import json
+
+    from nerflib import figures, scene_io
+
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    summary = json.loads(Path(summary_json).read_text()) if summary_json else None
+    sparse = Path(scene_json).parent.parent / "sparse" / "0"
+    scene = scene_io.read_scene_json(scene_json)
+    if sparse.is_dir():  # the sparse points, when SfM (or an imported model) left some
+        try:
+            scene.points = scene_io.read_colmap(sparse, check_images=False).points
+        except Exception as e:  # noqa: BLE001 - the figure is still useful without points
+            print(f"report: sparse points not read from {sparse} ({type(e).__name__}: {e})")
+    figures.camera_figure(scene, out_dir / "cameras.png", summary=summary)
+    figures.training_figure(model_dir / "train.tsv", out_dir / "training.png")
+    figures.settings_table(json.loads((model_dir / "config.json").read_text()), out_dir / "settings.tsv")
+    return {"out_dir": str(out_dir)}

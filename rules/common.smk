@@ -273,6 +273,7 @@ def all_targets():
     for scene in sheet["scene"]:
         targets.append(f"results/{scene}/poses/summary.json")
         targets.append(f"results/{scene}/eval/metrics.tsv")
+        targets.append(f"results/{scene}/report/cameras.png")
         if sheet.loc[scene, "render_path"] != "none":
             targets.append(f"results/{scene}/render/color.mp4")
         if query_folder(scene):

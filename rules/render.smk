@@ -9,9 +9,24 @@ rule render:
         images=training_images,
         model="results/{scene}/model/final.json",
     output:
-        color="results/{scene}/render/color.mp4",
-        depth="results/{scene}/render/depth.mp4",
-        acc="results/{scene}/render/acc.mp4",
+        color=report(
+            "results/{scene}/render/color.mp4",
+            caption="report/video.rst",
+            category="{scene}",
+            subcategory="4 videos",
+        ),
+        depth=report(
+            "results/{scene}/render/depth.mp4",
+            caption="report/video.rst",
+            category="{scene}",
+            subcategory="4 videos",
+        ),
+        acc=report(
+            "results/{scene}/render/acc.mp4",
+            caption="report/video.rst",
+            category="{scene}",
+            subcategory="4 videos",
+        ),
         path="results/{scene}/render/path.json",
     params:
         settings=render_params,

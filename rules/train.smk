@@ -33,8 +33,19 @@ rule evaluate:
         images=training_images,
         model="results/{scene}/model/final.json",
     output:
-        metrics="results/{scene}/eval/metrics.tsv",
-        views=directory("results/{scene}/eval/views"),
+        metrics=report(
+            "results/{scene}/eval/metrics.tsv",
+            caption="report/metrics.rst",
+            category="{scene}",
+            subcategory="3 evaluation",
+        ),
+        views=report(
+            directory("results/{scene}/eval/views"),
+            patterns=["{name}.png"],
+            caption="report/views.rst",
+            category="{scene}",
+            subcategory="3 evaluation",
+        ),
     log:
         "logs/evaluate/{scene}.log",
     threads: workflow.cores
