@@ -126,8 +126,11 @@ def test_demo_videos_read_back(demo_run):
 def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
     """Issue #8: starts 10 deg / 10 % of the radius off -> median < 1 deg and < 1 % of the radius.
 
-    Measured on a 1500-step demo field (2 CPU cores): median 0.05 deg and 0.26 %,
-    every query within 0.25 deg and 0.55 %; the localize rule took 75-95 s.
+    Measured on 1500-step demo fields (2 CPU cores): medians 0.05-0.10 deg and
+    0.26-0.31 %, every query within 0.25 deg and 0.55 %; the localize rule took
+    75-95 s (about 40 s of it XLA compiles). Other perturbation draws of the same
+    field (perturb seeds 1, 2) converged 2/4 and 4/4 queries: the figures hold
+    for the median of 4 queries when at most one is stuck.
     """
     loc = demo_run / "results/demo/localize"
     table = (loc / "errors.tsv").read_text()
@@ -136,7 +139,7 @@ def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
           f"{float(bench[0]['cpu_time']):.0f} s CPU):\n{table}")
     rows = list(csv.DictReader(table.splitlines(), delimiter="\t"))
     queries, median = rows[:-1], rows[-1]
-    names = sorted(p.name for p in (demo_run / "resources/synthetic/demo/queries").iterdir())
+    names = sorted(p.name for p in (demo_run / "resources/synthetic/demo/queries").glob("*.jpg"))
     assert [r["name"] for r in queries] == names and median["name"] == "median"
     for r in queries:
         assert r["start_used"] == "perturbed_truth"
