@@ -155,3 +155,24 @@ def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
     for name in names:
         view = images.load_image(loc / "views" / (Path(name).stem + ".png"))
         assert view.shape == (60, 240, 3)  # photo | render | difference at factor 4
+
+
+def test_report_holds_every_item(demo_run, tmp_path):
+    """`snakemake --report` after the demo: a valid zip with the HTML page and every report() item."""
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    result = snakemake(demo_run, "--report", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        names = z.namelist()
+        html = [n for n in names if n.endswith("report.html")]
+        assert html, names
+        page = z.read(html[0]).decode("utf-8", "replace")
+    expected = ["cameras.png", "training.png", "settings.tsv", "metrics.tsv", "color.mp4", "depth.mp4", "acc.mp4"]
+    for item in expected:
+        assert any(n.endswith(item) for n in names), (item, names)
+    held_out = {p.name for p in (demo_run / "results" / "demo" / "eval" / "views").glob("*.png")}
+    assert held_out and held_out <= {Path(n).name for n in names}
+    assert "demo" in page and "<html" in page.lower()
