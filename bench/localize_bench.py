@@ -17,9 +17,7 @@ Needs only jax/flax/optax/numpy/opencv (no snakemake, pycolmap or mediapy).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,14 +97,8 @@ def main(argv=None) -> int:
                "converged": float(conv.mean()), "flag_right": float((conv == ok).mean()), "seconds": round(seconds, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    meta = {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
-            "devices": jax.device_count(), "jax": jax.__version__, "commit": commit, "command": " ".join(sys.argv),
-            "field": {"preset": args.preset, "steps": steps, "held_out_psnr": round(psnr, 2),
-                      "held_out_ssim": round(ssim, 4)}}
+    meta = train_bench.run_meta(field={"preset": args.preset, "steps": steps, "held_out_psnr": round(psnr, 2),
+                                       "held_out_ssim": round(ssim, 4)})
     print(f"\n{meta}")
     print("| start error (rot deg / pos % radius) | queries | success (<5 deg, <5 %) | median rot err (deg) "
           "| median pos err (% radius) | flagged converged | flag right | time (s) |")

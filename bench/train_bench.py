@@ -65,6 +65,21 @@ def held_out_quality(cfg, model, params, test: datasets.Dataset, mesh, n_views: 
     return float(np.mean(psnrs)), float(np.mean(ssims))
 
 
+def run_meta(**extra) -> dict:
+    """Date, device, JAX version, commit ($DNERF_COMMIT, else git; the GPU machine's copy may
+    carry a stale .git), host and command line of this run, plus `extra`."""
+    commit = os.environ.get("DNERF_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip()
+        except OSError:
+            commit = "?"
+    return {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
+            "devices": jax.device_count(), "jax": jax.__version__, "commit": commit or "?",
+            "host": platform.node(), "command": " ".join(sys.argv), **extra}
+
+
 def parse_overrides(items) -> dict:
     """['model.nerf_net_width=128', 'grad_max_norm=0'] -> {name: value} (values as Python literals)."""
     import ast
@@ -200,13 +215,7 @@ def main(argv=None) -> int:
         print(json.dumps(res), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps({"results": results}, indent=1))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    meta = {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
-            "jax": jax.__version__, "commit": commit or os.environ.get("DNERF_COMMIT", "?"),
-            "host": platform.node(), "command": " ".join(sys.argv)}
+    meta = run_meta()
     print(f"\n{meta}")
     print("| preset | batch | GPUs | steps/s | rays/s | first step (s) | peak mem (GiB) | steps | held-out PSNR/SSIM @ train s "
           "| render rays/s | first render view (s) |")

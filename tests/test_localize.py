@@ -310,8 +310,11 @@ def _train_toy(root: Path, cfg) -> Path:
     return root / "data" / "scene.json"
 
 
-def test_localize_step_outputs_in_the_scene_frame(tmp_path):
-    """poses.json / errors.tsv / views with a toy field and zero learning rates: the given poses come back."""
+def _toy_field_and_queries(tmp_path, pick, *, prefix=""):
+    """A 2-step toy field (tmp_path/model) and copies of its training photos `pick` as queries.
+
+    Returns (scene.json path, the scene, the query folder).
+    """
     import shutil
     import sys
 
@@ -319,16 +322,23 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
     from test_train import toy_config
 
     from nerflib import scene_io
-    from nerflib.types import Scene
 
-    cfg = toy_config(normalize="360", max_steps=2, checkpoint_every=2)
-    scene_json = _train_toy(tmp_path, cfg)
+    scene_json = _train_toy(tmp_path, toy_config(normalize="360", max_steps=2, checkpoint_every=2))
     scene = scene_io.read_scene_json(scene_json)
     qdir = tmp_path / "queries"
     qdir.mkdir()
-    pick = [1, 5]
     for i in pick:
-        shutil.copy(Path(scene.image_dir) / scene.names[i], qdir / scene.names[i])
+        shutil.copy(Path(scene.image_dir) / scene.names[i], qdir / (prefix + scene.names[i]))
+    return scene_json, scene, qdir
+
+
+def test_localize_step_outputs_in_the_scene_frame(tmp_path):
+    """poses.json / errors.tsv / views with a toy field and zero learning rates: the given poses come back."""
+    from nerflib import scene_io
+    from nerflib.types import Scene
+
+    pick = [1, 5]
+    scene_json, scene, qdir = _toy_field_and_queries(tmp_path, pick)
     sub = Scene(names=[scene.names[i] for i in pick], c2w=scene.c2w[pick], cameras=scene.cameras,
                 camera_idx=np.zeros(2, np.int32))
     scene_io.write_poses_json(sub, tmp_path / "given.json")
@@ -373,23 +383,11 @@ def test_ground_truth_in_another_frame_perturbed_starts_and_errors_rule(tmp_path
     """Ground truth in another frame (as the demo's generator frame against SfM's) is aligned through the
     training photos; start='perturbed' moves it by exactly 10 deg / 10 % of the radius; `localize_errors`
     (the workflow's errors rule) recomputes errors.tsv from poses.json alone."""
-    import shutil
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_train import toy_config
-
     from nerflib import scene_io
     from nerflib.types import Scene
 
-    cfg = toy_config(normalize="360", max_steps=2, checkpoint_every=2)
-    scene_json = _train_toy(tmp_path, cfg)
-    scene = scene_io.read_scene_json(scene_json)
-    qdir = tmp_path / "queries"
-    qdir.mkdir()
     pick = [2, 6]
-    for i in pick:
-        shutil.copy(Path(scene.image_dir) / scene.names[i], qdir / ("q" + scene.names[i]))
+    scene_json, scene, qdir = _toy_field_and_queries(tmp_path, pick, prefix="q")
     # The "generator" frame: the scene's world moved by a similarity (scale 3).
     sim = (3.0, rigid.exp_so3(np.array([0.3, -0.2, 0.5])), np.array([1.0, -2.0, 0.5]))
     gt = Scene(names=["q" + scene.names[i] for i in pick], c2w=_moved(scene.c2w[pick], *sim),
