@@ -67,7 +67,7 @@ REDUCED = {
 }
 LOCAL_WITHOUT_JAX = ("results/demo/poses/scene.json", "results/demo/images_4")
 LOCAL_TARGETS = ("results/demo/model/final.json",)  # the local run stops after training
-LOCAL_SKIPS = {"eval", "evaluate", "render"}  # folders only the SLURM run writes: results/demo/eval, logs/render, ...
+LOCAL_SKIPS = {"eval", "evaluate", "render", "report", "report_figures"}  # folders only the SLURM run writes: results/demo/eval, logs/render, ...
 RUN_TIMEOUT_S = 600
 
 
