@@ -9,7 +9,13 @@ rule localize:
         unpack(localize_input),
     output:
         poses="results/{scene}/localize/poses.json",
-        views=directory("results/{scene}/localize/views"),
+        views=report(
+            directory("results/{scene}/localize/views"),
+            patterns=["{name}.png"],
+            caption="report/localize_views.rst",
+            category="{scene}",
+            subcategory="5 localization",
+        ),
     params:
         settings=localize_params,
     log:
@@ -31,7 +37,12 @@ rule localize_errors:
     input:
         unpack(localize_errors_input),
     output:
-        errors="results/{scene}/localize/errors.tsv",
+        errors=report(
+            "results/{scene}/localize/errors.tsv",
+            caption="report/localize_errors.rst",
+            category="{scene}",
+            subcategory="5 localization",
+        ),
     params:
         settings=localize_errors_params,
     log:

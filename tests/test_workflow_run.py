@@ -170,9 +170,12 @@ def test_report_holds_every_item(demo_run, tmp_path):
         html = [n for n in names if n.endswith("report.html")]
         assert html, names
         page = z.read(html[0]).decode("utf-8", "replace")
-    expected = ["cameras.png", "training.png", "settings.tsv", "metrics.tsv", "color.mp4", "depth.mp4", "acc.mp4"]
+    expected = ["cameras.png", "training.png", "settings.tsv", "metrics.tsv", "color.mp4", "depth.mp4", "acc.mp4",
+                "errors.tsv"]
     for item in expected:
         assert any(n.endswith(item) for n in names), (item, names)
     held_out = {p.name for p in (demo_run / "results" / "demo" / "eval" / "views").glob("*.png")}
     assert held_out and held_out <= {Path(n).name for n in names}
+    localized = {p.name for p in (demo_run / "results" / "demo" / "localize" / "views").glob("*.png")}
+    assert localized and localized <= {Path(n).name for n in names}
     assert "demo" in page and "<html" in page.lower()
