@@ -29,6 +29,8 @@ VARIANTS = {
     "hash grid: 2^15 table, not 2^19": ["model.hashgrid_options=" + HASH.format(L=16, T=15)],
     "no distortion loss": ["model.distortion_loss_mult=0.0"],
     "no view-direction MLP layers": ["model.net_depth_viewdirs=0"],
+    "NeRF MLP width 512 (mipnerf360: 1024)": ["model.nerf_net_width=512"],
+    "NeRF MLP depth 4 (mipnerf360: 8)": ["model.nerf_net_depth=4"],
 }
 
 
