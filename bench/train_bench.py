@@ -32,12 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerflib import configs, datasets, evaluate, metrics, parallel, scene_io  # noqa: E402
+from nerflib import configs, datasets, evaluate, metrics, parallel, scene_formats  # noqa: E402
 from nerflib import train as train_lib  # noqa: E402
 
 
 def load_blender(root: Path, split: str, *, max_views: int | None = None) -> datasets.Dataset:
-    scene = scene_io.read_blender(root / f"transforms_{split}.json")
+    scene = scene_formats.read_blender(root / f"transforms_{split}.json")
     ds = datasets.load_dataset(scene, image_dir=scene.image_dir, factor=1, split="all",
                                normalize=None, near=2.0, far=6.0, white_background=True)
     return ds
