@@ -284,6 +284,13 @@ def _did_you_mean(name: str, known) -> str:
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
+def normalization_for(cfg: Config, scene) -> str | None:
+    """The scene normalization `cfg` means for `scene`: '360' becomes 'forward' for forward-facing captures."""
+    if scene.forward_facing and cfg.normalize == "360":
+        return "forward"
+    return cfg.normalize
+
+
 def for_scene(cfg: Config, scene) -> Config:
     """`cfg` adapted to what kind of capture `scene` (a types.Scene) is; idempotent.
 
@@ -296,8 +303,7 @@ def for_scene(cfg: Config, scene) -> Config:
 
     Applied before the user's overrides (steps.train), so these stay the user's choice.
     """
-    if scene.forward_facing and cfg.normalize == "360":
-        cfg = dataclasses.replace(cfg, normalize="forward")
+    cfg = dataclasses.replace(cfg, normalize=normalization_for(cfg, scene))
     if getattr(scene, "object_on_background", False):
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, opaque_background=False, data_loss_type="mse"))

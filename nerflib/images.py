@@ -16,11 +16,15 @@ returned as float32 `[H, W, 3]` RGB in [0, 1].
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from nerflib import fileio
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -84,6 +88,27 @@ def _read_header(path: Path) -> tuple[int, int, int]:
     return int(width), int(height), orientation
 
 
+def _check_one(path: Path, size: int) -> tuple[int, int, int] | str:
+    """(width, height, orientation), or why the file is not a readable image."""
+    if size == 0:
+        return "empty file"
+    try:
+        return _read_header(path)
+    except Exception as e:  # Pillow raises several types for corrupt data
+        return f"{type(e).__name__}: {e}"
+
+
+def _read_cache(cache: str | os.PathLike | None) -> dict[str, list]:
+    """name -> [size, mtime_ns, width, height, orientation] of photos found good before ({} if none)."""
+    if cache is None:
+        return {}
+    try:
+        images = json.loads(Path(cache).read_text())["images"]
+        return {str(k): list(v) for k, v in images.items() if isinstance(v, list) and len(v) == 5}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no cache yet, or an unreadable one: check everything
+
+
 def verify_image(path: str | os.PathLike) -> None:
     """Raise ValueError (naming the file and the fix) unless `path` decodes completely.
 
@@ -104,6 +129,7 @@ def check_images(
     *,
     min_images: int = 3,
     single_camera: bool = False,
+    cache: str | os.PathLike | None = None,
 ) -> list[tuple[str, int, int]]:
     """Check that every photo in `folder` can be read; return [(name, width, height)].
 
@@ -111,27 +137,33 @@ def check_images(
     cannot be decoded, when fewer than `min_images` images are found, or (with
     `single_camera=True`, i.e. one shared set of intrinsics) when the images do
     not all have the same size. Warns (UserWarning) about EXIF-rotated photos.
+
+    `cache`: a JSON file that remembers the photos found good (by name, size
+    and modification time), so that only new or changed files are decoded
+    again. The workflow checks every scene's photos this way before any job
+    starts (a bad photo then fails the run before Snakemake deletes the
+    outputs of an earlier good run).
     """
     if min_images < 1:
         raise ValueError(f"min_images must be >= 1, got {min_images}")
     folder = Path(folder)
     names = list_images(folder)
-    bad: list[str] = []
-    rotated: list[str] = []
-    sizes: list[tuple[str, int, int]] = []
-    for name in names:
-        path = folder / name
-        if path.stat().st_size == 0:
-            bad.append(f"{name} (empty file)")
-            continue
-        try:
-            width, height, orientation = _read_header(path)
-        except Exception as e:  # Pillow raises several types for corrupt data
-            bad.append(f"{name} ({type(e).__name__}: {e})")
-            continue
-        if orientation != 1:
-            rotated.append(name)
-        sizes.append((name, width, height))
+    known = _read_cache(cache)
+    stats = {name: (folder / name).stat() for name in names}
+    stamp = {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
+    headers = {name: tuple(known[name][2:]) for name in names
+               if name in known and known[name][:2] == stamp[name]}
+    todo = [name for name in names if name not in headers]
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # decoders release the GIL
+        for name, header in zip(todo, pool.map(lambda n: _check_one(folder / n, stats[n].st_size), todo)):
+            headers[name] = header
+    bad = [f"{name} ({headers[name]})" for name in names if isinstance(headers[name], str)]
+    good = {name: headers[name] for name in names if not isinstance(headers[name], str)}
+    if cache is not None and todo:
+        fileio.write_json(cache, {"folder": str(folder.resolve()),
+                                  "images": {n: stamp[n] + list(h) for n, h in good.items()}})
+    rotated = [name for name, (_, _, orientation) in good.items() if orientation != 1]
+    sizes = [(name, w, h) for name, (w, h, _) in good.items()]
     if bad:
         raise ValueError(
             f"{len(bad)} of {len(names)} files in {folder} cannot be read as images: "

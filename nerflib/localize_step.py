@@ -212,10 +212,10 @@ def register_with_colmap(query_images: dict[str, np.ndarray], sparse_dir, *, cam
 
 def _normalization_of(cfg, scene: Scene):
     """(normalized scene, transform or None, cfg) exactly as training normalized it (steps._load_split)."""
-    from nerflib import scene_io
+    from nerflib import configs, scene_io
 
-    if scene.forward_facing and cfg.normalize == "360":
-        cfg = dataclasses.replace(cfg, normalize="forward")
+    # Only the normalization: the model fields for_scene adapts are in the checkpoint's config already.
+    cfg = dataclasses.replace(cfg, normalize=configs.normalization_for(cfg, scene))
     if cfg.normalize is None:
         return scene, None, cfg
     norm_scene, transform = scene_io.normalize_scene(scene, mode=cfg.normalize)

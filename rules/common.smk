@@ -108,10 +108,34 @@ def synthetic_dir(scene):
     return f"resources/synthetic/{scene}"
 
 
+PHOTO_CHECKS = ".snakemake/dnerf/photo_checks"  # what check_images found good, per scene
+_photos_checked = set()
+
+
+def check_photos(scene):
+    """Every photo of a scene decodes, checked before any job starts.
+
+    A bad photo found inside a job would come too late: Snakemake deletes the
+    job's outputs (an earlier good run's sparse model, image pyramid) before
+    running it. Only new or changed photos are decoded again (the cache file).
+    """
+    if scene in _photos_checked:
+        return
+    folder = resolve(sheet.loc[scene, "source"])
+    try:
+        from nerflib import images
+
+        images.check_images(folder, min_images=1, cache=f"{PHOTO_CHECKS}/{scene}.json")
+    except ValueError as e:
+        raise _sheet_error(scene, "source", f"{e} (checked before any job starts: no earlier output was touched)")
+    _photos_checked.add(scene)
+
+
 def image_folder(wildcards):
-    """The folder of full-size photos of a scene."""
+    """The folder of full-size photos of a scene (checked: check_photos)."""
     if is_synthetic(wildcards.scene):
         return f"{synthetic_dir(wildcards.scene)}/images"
+    check_photos(wildcards.scene)
     return resolve(sheet.loc[wildcards.scene, "source"])
 
 

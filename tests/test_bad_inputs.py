@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import types
 
@@ -468,30 +469,32 @@ def _digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_corrupt_photo_fails_the_pyramid_rule_in_its_log_and_keeps_other_outputs(workdir):  # noqa: F811
-    """A photo that turns bad after a good run: the rule fails naming it, in its log and on the terminal.
-
-    Snakemake deletes the outputs of a job before (re)running it, so the
-    failing scene's stale images_2/ goes (no half-written set may remain);
-    another scene's good output and the photos themselves are untouched.
-    """
+def test_corrupt_photo_fails_before_any_job_and_keeps_every_earlier_output(workdir):  # noqa: F811
+    """A photo that turns bad after a good run: the run fails before any job starts, naming the photo,
+    the sheet row and the fix, and every output of the earlier run is byte-for-byte untouched
+    (inside a job it would be too late: Snakemake deletes a job's outputs before running it).
+    A fixed folder then runs again, decoding only the changed photo."""
     cup, mug = photos(workdir / "cup"), photos(workdir / "mug")
     write_sheet(workdir, HEADER, *(f"{s}\t{workdir / s}\tPINHOLE\t2\ttiny\texhaustive\t\t\t\t" for s in ("cup", "mug")))
     targets = ["results/cup/images_2", "results/mug/images_2"]
     good = run_snakemake(workdir, *targets)
     assert good.returncode == 0, good.stderr[-3000:]
-    mug_before, cup_before = _digests(workdir / targets[1]), _digests(workdir / targets[0])
+    before = {t: _digests(workdir / t) for t in targets}
     garbage(cup / "junk.jpg")
+    (cup / "a.png").touch()  # a changed photo: the cup's pyramid must be redone
     photos_before = _digests(cup)
 
     bad = run_snakemake(workdir, *targets)
     assert bad.returncode != 0
-    expected = [str(cup / "junk.jpg"), "cannot read image", "remove the file or re-export it"]
-    log = (workdir / "logs" / "pyramid" / "cup_2.log").read_text()
+    expected = [str(cup / "junk.jpg"), "datasets.tsv, line 2 (scene 'cup'), column 'source'",
+                "Remove these files or re-export them", "no earlier output was touched"]
     for text in expected:
-        assert text in log, f"{text!r} not in the rule's log:\n{log}"
         assert text in bad.stderr, f"{text!r} not on the terminal:\n{bad.stderr[-3000:]}"
-    assert _digests(workdir / targets[1]) == mug_before
+    assert not re.search(r"^(local)?rule pyramid:", bad.stdout + bad.stderr, flags=re.M)  # no job started
+    assert {t: _digests(workdir / t) for t in targets} == before
     assert _digests(cup) == photos_before
-    cup_out = workdir / targets[0]
-    assert not cup_out.exists() or _digests(cup_out) == cup_before
+
+    (cup / "junk.jpg").unlink()
+    fixed = run_snakemake(workdir, *targets)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert re.search(r"^(local)?rule pyramid:", fixed.stdout + fixed.stderr, flags=re.M)  # the cup's pyramid redone for the touched photo

@@ -91,6 +91,11 @@ def test_for_scene_adapts_the_recipe_to_the_capture():
     base = configs.get_preset("mipnerf360")
     assert configs.for_scene(base, scene()) == base
     assert configs.for_scene(base, scene(forward_facing=True)).normalize == "forward"
+    # The one rule localization applies to checkpoints too: 360 -> forward for LLFF-style captures only.
+    for mode in ("360", "forward", None):
+        plain = configs.override(base, normalize=mode)
+        assert configs.normalization_for(plain, scene()) == mode
+        assert configs.normalization_for(plain, scene(forward_facing=True)) == ("forward" if mode else None)
     obj = configs.for_scene(base, scene(object_on_background=True))
     assert (obj.model.opaque_background, obj.model.data_loss_type) == (False, "mse")
     assert configs.for_scene(obj, scene(object_on_background=True)) == obj  # idempotent

@@ -114,6 +114,34 @@ def test_check_images_warns_about_exif_rotation(tmp_path):
     assert sizes[1] == ("1.jpg", 40, 30)  # stored size, not rotated
 
 
+def test_check_images_cache_decodes_only_new_or_changed_files(tmp_path, monkeypatch):
+    folder, cache = tmp_path / "photos", tmp_path / "cache" / "photos.json"
+    folder.mkdir()
+    for i in range(3):
+        _write(folder / f"{i}.jpg", _noise(30, 40, seed=i))
+    decoded = []
+    real = images._read_header
+    monkeypatch.setattr(images, "_read_header", lambda p: decoded.append(p.name) or real(p))
+    first = images.check_images(folder, cache=cache)
+    assert sorted(decoded) == ["0.jpg", "1.jpg", "2.jpg"] and cache.is_file()
+    decoded.clear()
+    assert images.check_images(folder, cache=cache) == first and decoded == []  # all remembered
+    _write(folder / "3.jpg", _noise(30, 40, seed=3))
+    assert len(images.check_images(folder, cache=cache)) == 4 and decoded == ["3.jpg"]
+    # A remembered photo that turns bad (same name, new content) is decoded again and reported.
+    decoded.clear()
+    data = (folder / "1.jpg").read_bytes()
+    (folder / "1.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"1 of 4 files.*1\.jpg"):
+        images.check_images(folder, cache=cache)
+    assert decoded == ["1.jpg"]
+    # A damaged cache file only costs a full check.
+    cache.write_text("{not json")
+    (folder / "1.jpg").write_bytes(data)
+    decoded.clear()
+    assert len(images.check_images(folder, cache=cache)) == 4 and len(decoded) == 4
+
+
 # ---------------------------------------------------------------- load_image
 
 
