@@ -15,7 +15,8 @@ Multi-process start-up (`initialize_distributed`), in order of precedence:
        DNERF_PROCESS_ID      this process's rank, 0 .. N-1
        DNERF_LOCAL_DEVICES   optional comma-separated local device ids
   3. SLURM: under `srun` with SLURM_NTASKS > 1, JAX's own cluster detection
-     reads SLURM_* (coordinator = first node of the step, port from the job id).
+     reads SLURM_* (coordinator = first node of the step, port from the job id;
+     GPUs as `slurm_local_devices` says).
   4. otherwise a single process: nothing to do.
 Every process must then run the same program: same config, same dataset files.
 """
@@ -23,7 +24,8 @@ Every process must then run the same program: same config, same dataset files.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+import shlex
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -103,10 +105,63 @@ def initialize_distributed(
         return True
     if (_env_int("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NODELIST" in os.environ:
         use_cpu_collectives()
+        if local_device_ids is None:
+            local_device_ids = slurm_local_devices(os.environ)
         jax.distributed.initialize(local_device_ids=local_device_ids)  # SLURM auto-detection
         _initialized = True
         return True
     return False
+
+
+def slurm_local_devices(environ) -> list[int] | None:
+    """The GPUs a SLURM task should use, where JAX's own choice would be wrong.
+
+    JAX's SLURM detection gives task `SLURM_LOCALID` the GPU with that number,
+    right when every task of a node sees all its GPUs (`--gpus-per-node`,
+    `--gres=gpu:N`). When SLURM binds GPUs to tasks (`--ntasks-per-gpu`,
+    `--gpus-per-task`, `--gpu-bind`), a task sees only its own GPU(s) through
+    CUDA_VISIBLE_DEVICES, so number `SLURM_LOCALID` does not exist for any
+    task but the first: use all GPUs the task sees instead. None = JAX decides.
+    """
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    local_id = environ.get("SLURM_LOCALID", "")
+    if not visible or not local_id.isdigit() or int(local_id) < len(visible):
+        return None
+    return list(range(len(visible)))
+
+
+def launcher_command(launcher: str, resources: Mapping[str, Any]) -> list[str]:
+    """The words that start one process per task inside a batch job: `launcher`, completed for srun.
+
+    Snakemake's SLURM jobstep plugin removes the allocation's SLURM_*
+    variables (all but the job id) before it runs a job, so a bare `srun`
+    would start one task: for srun the job's task layout is passed again
+    from its resources (`tasks` or `tasks_per_node`, `nodes`, `gpu`/`gres`,
+    `tasks_per_gpu`, as the SLURM profile gave them to sbatch). Any other
+    launcher (e.g. "mpirun -n 8") is used as written.
+    """
+    words = shlex.split(launcher)
+    if not words or os.path.basename(words[0]) != "srun":
+        return words
+
+    def number(key):
+        value = resources.get(key)
+        return int(value) if value not in (None, "") else None
+
+    nodes, tasks, per_node = number("nodes"), number("tasks"), number("tasks_per_node")
+    words.append(f"--nodes={nodes or 1}")
+    if per_node:
+        words.append(f"--ntasks-per-node={per_node}")
+    elif tasks:
+        words.append(f"--ntasks={tasks}")
+    gpus = number("gpu") or number("gpus")
+    if gpus:
+        words.append(f"--gpus={gpus}")
+    elif resources.get("gres"):
+        words.append(f"--gres={resources['gres']}")
+    if number("tasks_per_gpu"):
+        words.append(f"--ntasks-per-gpu={number('tasks_per_gpu')}")
+    return words
 
 
 def is_main_process() -> bool:

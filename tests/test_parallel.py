@@ -145,6 +145,30 @@ def test_initialize_distributed_single_process_is_a_no_op(monkeypatch):
         parallel.initialize_distributed()
 
 
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),  # no GPUs: JAX decides (CPU)
+    ({"SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, None),  # sees the node's GPUs: JAX takes GPU 1
+    ({"SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "2"}, [0]),  # --ntasks-per-gpu: its own GPU only
+    ({"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "5"}, None),  # first task: JAX's GPU 0 is right
+    ({"SLURM_LOCALID": "2", "CUDA_VISIBLE_DEVICES": "4,5"}, [0, 1]),  # --gpus-per-task=2
+    ({"CUDA_VISIBLE_DEVICES": "0,1"}, None),  # not a SLURM task
+])
+def test_slurm_tasks_get_gpus_they_can_see(environ, expected):
+    assert parallel.slurm_local_devices(environ) == expected
+
+
+def test_launcher_command_gives_srun_the_jobs_task_layout():
+    # The SLURM profile's README example: 2 nodes x 4 GPUs, one task per GPU.
+    layout = {"mpi": "srun", "nodes": 2, "tasks": 8, "tasks_per_gpu": 1, "gpu": 8, "mem_mb": 64000}
+    assert parallel.launcher_command("srun", layout) == [
+        "srun", "--nodes=2", "--ntasks=8", "--gpus=8", "--ntasks-per-gpu=1"]
+    per_node = {"nodes": 2, "tasks_per_node": 4, "gres": "gpu:4"}
+    assert parallel.launcher_command("/usr/bin/srun --mpi=none", per_node) == [
+        "/usr/bin/srun", "--mpi=none", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4"]
+    assert parallel.launcher_command("mpirun -n 8", layout) == ["mpirun", "-n", "8"]  # as written
+    assert parallel.launcher_command("", layout) == []
+
+
 def test_mesh_and_replicate_single_device():
     import jax
 

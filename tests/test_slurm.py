@@ -416,6 +416,33 @@ def test_training_close_to_a_local_run(runs):
     assert np.isfinite(float(rows["mean"])) and float(rows["mean"]) > 8.0, rows
 
 
+def test_training_spans_two_slurm_tasks(cluster, runs, tmp_path_factory):
+    """The profile's multi-process form for train (mpi: "srun", 2 tasks, one per GPU): one sbatch job
+    whose two tasks train as one JAX program (`jax.distributed`, SLURM detection), as on several nodes."""
+    workdir = tmp_path_factory.mktemp("two_tasks") / "run"
+    shutil.copytree(runs["slurm"], workdir, symlinks=True)  # poses and pyramid stay up to date (mtimes kept)
+    shutil.rmtree(workdir / "results/demo/model")
+    (workdir / "logs/train/demo.log").unlink()
+    profile = yaml.safe_load((PROFILES[0] / "config.v8+.yaml").read_text())
+    overlay = workdir.parent / "profile"
+    overlay.mkdir()
+    train = {**profile["set-resources"]["train"], "mpi": "srun", "tasks": 2, "tasks_per_gpu": 1, "gpu": 2}
+    (overlay / "config.v8+.yaml").write_text(yaml.safe_dump(
+        {"set-resources": {**profile["set-resources"], "train": train}}))
+    result = _slurm_snakemake(cluster, workdir, "--profile", str(overlay), "results/demo/model/final.json")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(workdir)]
+    assert [(_rule_of(j), j["NumTasks"], j["JobState"]) for j in jobs] == [("train", "2", "COMPLETED")], jobs
+    log = (workdir / "logs/train/demo.log").read_text()
+    assert "starting one process per task: srun " in log, log[-3000:]
+    assert re.search(r"2 device\(s\) in 2 process", log), log[-3000:]
+    final = yaml.safe_load((workdir / "results/demo/model/final.json").read_text())
+    assert final["processes"] == 2 and final["final_step"] == REDUCED["train.overrides"]["max_steps"], final
+    one = yaml.safe_load((runs["slurm"] / "results/demo/model/final.json").read_text())
+    print(f"training PSNR (last batch): {final['psnr']:.2f} dB as 2 SLURM tasks, {one['psnr']:.2f} dB as one")
+    assert final["psnr"] == pytest.approx(one["psnr"], abs=1.5)
+
+
 @pytest.mark.nightly
 def test_preempted_training_resumes_through_retries(cluster, tmp_path_factory):
     """SIGTERM to a running training job (what preemption and time limits send): checkpoint, failed job,
