@@ -5,6 +5,7 @@ so any step can be run by hand when something goes wrong:
 
     nerf synthetic resources/synthetic/demo
     nerf poses resources/synthetic/demo/images results/demo --camera-model PINHOLE
+    nerf vocab-tree /data/big/photos /shared/big_tree.bin   (no rule: for nerf poses ... --vocab-tree)
     nerf pyramid resources/synthetic/demo/images results/demo/images_4 --factor 4
     nerf train results/demo/poses/scene.json results/demo/images_4 results/demo/model --preset tiny --factor 4
     nerf eval results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/eval
@@ -61,8 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image-cameras", action="store_true", help="one camera per photo instead of one shared camera")
     p.add_argument("--max-image-size", type=int, default=3200)
     p.add_argument("--min-registered-fraction", type=float, default=0.5)
-    p.add_argument("--vocab-tree", default="")
+    p.add_argument("--vocab-tree", default="", help="vocabulary tree file for --matcher vocab_tree (nerf vocab-tree)")
     p.add_argument("--sequential-overlap", type=int, default=10)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+
+    p = sub.add_parser(
+        "vocab-tree",
+        help="train a vocabulary tree (for --matcher vocab_tree) on the SIFT features of photos or a COLMAP database",
+        description=(
+            "Train a COLMAP vocabulary tree (faiss visual index) for image retrieval, the matcher for large "
+            "captures (--matcher vocab_tree, or auto beyond 500 photos; config key sfm.vocab_tree). Train it on "
+            "the capture itself or on a similar set of photos: SIFT is extracted as `nerf poses` does, or read "
+            "from an existing COLMAP database.db. The file is written atomically and read back before it "
+            "replaces TREE. Alternative: download one of COLMAP's published faiss-format trees."
+        ),
+    )
+    p.add_argument("source", help="folder of photos, or a COLMAP database.db with SIFT features")
+    p.add_argument("tree", help="output vocabulary tree file (e.g. vocab_tree.bin)")
+    p.add_argument("--words", type=int, default=None,
+                   help="visual words (default: a power of two near the training descriptors / 50, 16 to 65536)")
+    p.add_argument("--max-descriptors", type=int, default=500_000,
+                   help="train on a random sample of at most this many descriptors (default 500000: 8192 words)")
+    p.add_argument("--iterations", type=int, default=25, help="k-means iterations (COLMAP's builder: 100)")
+    p.add_argument("--rounds", type=int, default=1, help="k-means restarts, the best kept (COLMAP's builder: 3)")
+    p.add_argument("--max-image-size", type=int, default=3200, help="photos: longest side for SIFT (as nerf poses)")
+    p.add_argument("--max-features", type=int, default=8192, help="photos: SIFT features per photo (as nerf poses)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     p = sub.add_parser("pyramid", help="downsampled copies of the photos (area interpolation)")
@@ -133,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                         poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,
                         max_image_size=args.max_image_size, min_registered_fraction=args.min_registered_fraction,
                         vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, threads=args.threads)
+        elif args.step == "vocab-tree":
+            from nerflib import sfm
+
+            sfm.build_vocab_tree(args.source, args.tree, num_visual_words=args.words,
+                                 max_num_descriptors=args.max_descriptors, num_iterations=args.iterations,
+                                 num_rounds=args.rounds, threads=args.threads, max_image_size=args.max_image_size,
+                                 max_num_features=args.max_features, seed=args.seed)
         elif args.step == "pyramid":
             steps.pyramid(args.images, args.out_dir, factor=args.factor, threads=args.threads)
         elif args.step == "train":

@@ -14,6 +14,11 @@ renamed into place at the end, so a failed or interrupted run leaves earlier
 results as they were. Images are used in their stored pixel layout (COLMAP
 ignores EXIF orientation; see `nerflib.images`).
 
+`build_vocab_tree(source, tree_path)` trains a vocabulary tree (a COLMAP
+faiss visual index) on the SIFT descriptors of a folder of photos or of a
+COLMAP database.db, for matcher="vocab_tree" (`nerf vocab-tree` on the
+command line).
+
 pycolmap writes its own (glog) progress to stderr; the stage summaries go to
 `log` (default `print`).
 """
@@ -29,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from nerflib import fileio
 from nerflib.images import check_images
 from nerflib.types import CAMERA_MODELS
@@ -42,13 +49,25 @@ AUTO_EXHAUSTIVE_MAX_IMAGES = 500
 # 2.4 s for the same number of features (about 5000).
 SIFT_UPSAMPLE_MAX_SIZE = 1024
 
+# matcher="vocab_tree": images retrieved per photo (COLMAP's VocabTreeMatching.num_images).
+VOCAB_TREE_NUM_IMAGES = 100
+# build_vocab_tree: about this many training descriptors per visual word (faiss's
+# k-means wants >= 39 points per centroid), as a power of two within these bounds.
+DESCRIPTORS_PER_WORD = 50
+MIN_VISUAL_WORDS = 16
+MAX_VISUAL_WORDS = 65536  # COLMAP vocab_tree_builder's default
+# build_vocab_tree trains on at most this many descriptors (float32: 256 MB;
+# with the rule above, 8192 words), sampled at random over all photos.
+MAX_TREE_DESCRIPTORS = 500_000
+
 VOCAB_TREE_HELP = (
-    "Download one of COLMAP's published vocabulary trees (see 'Vocabulary trees' on the "
-    "Datasets page of the COLMAP documentation; pycolmap >= 3.12 needs the faiss-format "
-    "trees, vocab_tree_faiss_flickr100K_words32K.bin for up to ~1000 images, the 256K-word "
-    "tree beyond; the older FLANN-format vocab_tree_flickr100K_*.bin files do not load), "
-    "store it on a shared disk and set the `vocab_tree` config key (run_sfm's vocab_tree=) "
-    "to its path."
+    "Build one with `nerf vocab-tree PHOTOS_OR_DATABASE TREE.bin` (nerflib.sfm.build_vocab_tree) "
+    "from the capture itself or a similar set of photos, or download one of COLMAP's published "
+    "vocabulary trees (see 'Vocabulary trees' on the Datasets page of the COLMAP documentation; "
+    "pycolmap >= 3.12 needs the faiss-format trees, vocab_tree_faiss_flickr100K_words32K.bin for "
+    "up to ~1000 images, the 256K-word tree beyond; the older FLANN-format "
+    "vocab_tree_flickr100K_*.bin files do not load), store it on a shared disk and set the "
+    "`vocab_tree` config key (run_sfm's vocab_tree=) to its path."
 )
 
 
@@ -136,6 +155,248 @@ def _validate(camera_model, matcher, threads, max_image_size, min_registered_fra
         raise ValueError(f"overlap must be a positive integer, got {overlap!r}")
 
 
+def _check_sift_args(max_num_features, sift_first_octave) -> None:
+    if not isinstance(max_num_features, int) or max_num_features < 64:
+        raise ValueError(f"max_num_features must be an integer >= 64, got {max_num_features!r}")
+    if sift_first_octave != "auto" and sift_first_octave not in (-1, 0, 1, 2):
+        raise ValueError(f"sift_first_octave must be 'auto', -1, 0, 1 or 2, got {sift_first_octave!r}")
+
+
+def _first_octave(sizes, max_image_size, sift_first_octave) -> tuple[int, int]:
+    """(longest side used for extraction, SIFT first octave) for check_images' `sizes`."""
+    longest = max(max(w, h) for _, w, h in sizes)
+    if max_image_size is not None:
+        longest = min(longest, max_image_size)
+    if sift_first_octave == "auto":
+        return longest, -1 if longest <= SIFT_UPSAMPLE_MAX_SIZE else 0
+    return longest, int(sift_first_octave)
+
+
+def _extract(database: Path, image_dir: Path, names, *, camera_model, single_camera, threads, max_image_size,
+             max_num_features, first_octave, use_gpu) -> None:
+    """SIFT keypoints and descriptors of `names` into `database` (run_sfm and build_vocab_tree alike)."""
+    import pycolmap
+
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = threads
+    extraction.max_image_size = -1 if max_image_size is None else int(max_image_size)
+    extraction.use_gpu = use_gpu
+    extraction.sift.max_num_features = int(max_num_features)
+    extraction.sift.first_octave = first_octave
+    pycolmap.extract_features(
+        database,
+        image_dir,
+        image_names=list(names),
+        camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.AUTO,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cuda if use_gpu else pycolmap.Device.cpu,
+    )
+
+
+def check_vocab_tree(path: str | os.PathLike) -> dict:
+    """Load a vocabulary tree file as matching will; ValueError (with advice) if it does not load.
+
+    COLMAP reads the tree inside a matcher thread, where a bad file aborts the
+    whole Python process (SIGABRT, measured with pycolmap 4.2.1), so run_sfm
+    loads it here first. Returns num_visual_words, feature_type, bytes.
+    """
+    import pycolmap
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"vocabulary tree file {path} does not exist. {VOCAB_TREE_HELP}")
+    try:
+        index = pycolmap.VisualIndex.read(path)
+    except Exception as e:  # ValueError/RuntimeError from COLMAP's checks and faiss
+        raise ValueError(
+            f"vocabulary tree {path} does not load in pycolmap {pycolmap.__version__} ({str(e).strip()[:300]}). "
+            f"{VOCAB_TREE_HELP}"
+        ) from e
+    feature_type = index.feature_type()
+    if feature_type != pycolmap.FeatureExtractorType.SIFT or index.desc_dim() != 128:
+        raise ValueError(
+            f"vocabulary tree {path} was built for {feature_type.name} descriptors of dimension "
+            f"{index.desc_dim()}; this pipeline extracts SIFT (128). {VOCAB_TREE_HELP}"
+        )
+    return {"num_visual_words": int(index.num_visual_words()), "feature_type": feature_type.name,
+            "bytes": path.stat().st_size}
+
+
+def auto_num_visual_words(n_descriptors: int) -> int:
+    """Visual words for `n_descriptors` training descriptors: a power of two near n / DESCRIPTORS_PER_WORD.
+
+    Between MIN_VISUAL_WORDS and MAX_VISUAL_WORDS; e.g. 60k descriptors (40
+    photos at 320x240) -> 1024 words, 500k (the default cap) -> 8192.
+    """
+    target = max(1, n_descriptors // DESCRIPTORS_PER_WORD)
+    return int(min(MAX_VISUAL_WORDS, max(MIN_VISUAL_WORDS, 2 ** int(math.log2(target)))))
+
+
+def _sample_database_descriptors(database: Path, max_num: int, seed: int, what: str) -> tuple[np.ndarray, int, int]:
+    """(float32 [n, 128] SIFT descriptors sampled uniformly over all images, total in database, images).
+
+    `what` names the source in error messages."""
+    import pycolmap
+
+    with contextlib.closing(pycolmap.Database.open(database)) as db:
+        image_ids = [im.image_id for im in db.read_all_images()]
+        counts = np.array([db.num_descriptors_for_image(i) for i in image_ids], dtype=np.int64)
+        total = int(counts.sum())
+        if total < MIN_VISUAL_WORDS * DESCRIPTORS_PER_WORD:
+            raise ValueError(
+                f"{what} gives {total} SIFT descriptors in {len(image_ids)} image(s); a vocabulary tree "
+                f"needs at least {MIN_VISUAL_WORDS * DESCRIPTORS_PER_WORD} (more, or more textured, photos)"
+            )
+        n = min(total, max_num)
+        pick = np.arange(total) if n == total else np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+        out = np.empty((n, 128), np.float32)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        row = 0
+        for k, image_id in enumerate(image_ids):
+            lo, hi = np.searchsorted(pick, [starts[k], starts[k + 1]])
+            if hi == lo:
+                continue
+            desc = db.read_descriptors(image_id)
+            if desc.type != pycolmap.FeatureExtractorType.SIFT or desc.data.shape[1] != 128:
+                raise ValueError(
+                    f"{what}: image {image_id} has {desc.type.name} descriptors of dimension "
+                    f"{desc.data.shape[1]}; build_vocab_tree needs SIFT (128)"
+                )
+            # COLMAP's own conversion (FeatureDescriptors::ToFloat): the uint8 values cast to float.
+            out[row:row + hi - lo] = desc.data[pick[lo:hi] - starts[k]]
+            row += hi - lo
+        assert row == n, (row, n)
+    return out, total, len(image_ids)
+
+
+def build_vocab_tree(
+    source: str | os.PathLike,
+    tree_path: str | os.PathLike,
+    *,
+    num_visual_words: int | None = None,
+    max_num_descriptors: int = MAX_TREE_DESCRIPTORS,
+    num_iterations: int = 25,
+    num_rounds: int = 1,
+    threads: int = -1,
+    max_image_size: int | None = 3200,
+    max_num_features: int = 8192,
+    sift_first_octave: int | str = "auto",
+    gpu="auto",
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Train a vocabulary tree for matcher="vocab_tree" and write it to `tree_path` (atomically).
+
+    source       : a folder of photos (SIFT is extracted as run_sfm does, with
+                   the same max_image_size / max_num_features / sift_first_octave,
+                   into a temp database that is deleted afterwards) or a COLMAP
+                   database.db with SIFT features (e.g. run_sfm's out_dir/database.db).
+    num_visual_words: None: auto_num_visual_words(descriptors used), about
+                   DESCRIPTORS_PER_WORD training descriptors per word.
+    max_num_descriptors: train on a random sample of at most this many
+                   descriptors (k-means time grows with descriptors x words).
+    num_iterations, num_rounds: k-means iterations and restarts (COLMAP's
+                   vocab_tree_builder uses 100 x 3; 25 x 1 is 12x cheaper and
+                   retrieval only needs rough words).
+
+    The tree is a COLMAP faiss visual index (file version 2, SIFT, 128-D
+    descriptors, 64-bit Hamming embedding) trained like COLMAP's
+    vocab_tree_builder: uint8 SIFT descriptors cast to float (COLMAP's own
+    conversion), k-means into visual words, a faiss search index over the
+    words, and the Hamming embedding learnt from the training descriptors.
+    The written file is read back before it is renamed into place.
+
+    Returns tree, source, images, descriptors_total, descriptors_used,
+    num_visual_words, bytes and timings (extraction_s, build_s, total_s).
+    """
+    import pycolmap
+
+    if num_visual_words is not None and (not isinstance(num_visual_words, int) or num_visual_words < 2):
+        raise ValueError(f"num_visual_words must be an integer >= 2 or None (auto), got {num_visual_words!r}")
+    for name, value, low in [("max_num_descriptors", max_num_descriptors, MIN_VISUAL_WORDS * DESCRIPTORS_PER_WORD),
+                             ("num_iterations", num_iterations, 1), ("num_rounds", num_rounds, 1)]:
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    _validate("OPENCV", "auto", threads, max_image_size, 0.0, 1)
+    _check_sift_args(max_num_features, sift_first_octave)
+    source, tree_path = Path(source), Path(tree_path)
+    if source.is_file():
+        with open(source, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"{source} is neither a folder of photos nor a COLMAP database (SQLite) file")
+    elif not source.is_dir():
+        raise ValueError(f"{source} does not exist (give a folder of photos or a COLMAP database.db)")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    tree_path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=tree_path.parent, prefix=".vocab-tree-"))
+    try:
+        if source.is_dir():
+            use_gpu = _resolve_gpu(gpu)
+            sizes = check_images(source, min_images=1)
+            longest, first_octave = _first_octave(sizes, max_image_size, sift_first_octave)
+            log(
+                f"[vocab-tree] extracting SIFT from {len(sizes)} photos in {source} (longest side {longest} px, "
+                f"first octave {first_octave}, <= {max_num_features} features, {'GPU' if use_gpu else 'CPU'})"
+            )
+            database = work / "database.db"
+            _extract(database, source, [n for n, _, _ in sizes], camera_model="SIMPLE_RADIAL", single_camera=False,
+                     threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
+                     first_octave=first_octave, use_gpu=use_gpu)
+            timings["extraction_s"] = time.perf_counter() - t_start
+        else:
+            database = source
+
+        what = f"the photos in {source}" if source.is_dir() else str(source)
+        descriptors, total, n_images = _sample_database_descriptors(database, max_num_descriptors, seed, what)
+        words = auto_num_visual_words(len(descriptors)) if num_visual_words is None else num_visual_words
+        if words > len(descriptors):
+            raise ValueError(f"num_visual_words={words} exceeds the {len(descriptors)} training descriptors")
+        log(
+            f"[vocab-tree] {len(descriptors)} of {total} SIFT descriptors from {n_images} images -> {words} visual "
+            f"words (k-means: {num_iterations} iterations x {num_rounds} round(s), threads {threads})"
+        )
+        t0 = time.perf_counter()
+        pycolmap.set_random_seed(seed)
+        options = pycolmap.VisualIndex.BuildOptions()
+        options.num_visual_words = words
+        options.num_iterations = num_iterations
+        options.num_rounds = num_rounds
+        options.num_threads = threads
+        index = pycolmap.VisualIndex.create(128, 64)
+        index.build(options, pycolmap.FeatureDescriptorsFloat(pycolmap.FeatureExtractorType.SIFT, descriptors))
+        del descriptors
+        timings["build_s"] = time.perf_counter() - t0
+
+        with fileio.atomic_path(tree_path) as tmp:
+            index.write(tmp)
+            loaded = check_vocab_tree(tmp)
+            if loaded["num_visual_words"] != index.num_visual_words():
+                raise RuntimeError(f"vocabulary tree written to {tmp} reads back with {loaded} words")
+        timings["total_s"] = time.perf_counter() - t_start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        "tree": str(tree_path),
+        "source": str(source),
+        "images": n_images,
+        "descriptors_total": total,
+        "descriptors_used": min(total, max_num_descriptors),
+        "num_visual_words": int(index.num_visual_words()),
+        "bytes": loaded["bytes"],
+        "pycolmap_version": pycolmap.__version__,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    log(
+        f"[vocab-tree] wrote {tree_path} ({summary['num_visual_words']} words, {summary['bytes'] / 1e6:.1f} MB) "
+        f"in {timings['total_s']:.1f} s (k-means and index {timings['build_s']:.1f} s)"
+    )
+    return summary
+
+
 def _replace_dir(src: Path, dst: Path, trash_parent: Path) -> None:
     """Move folder `src` onto `dst`, replacing an existing `dst` (old one goes to trash_parent)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +413,7 @@ def run_sfm(
     single_camera: bool = True,
     matcher: str = "auto",
     vocab_tree: str | os.PathLike | None = None,
+    vocab_tree_num_images: int = VOCAB_TREE_NUM_IMAGES,
     overlap: int = 10,
     threads: int = -1,
     max_image_size: int | None = 3200,
@@ -174,6 +436,11 @@ def run_sfm(
                    detection if `vocab_tree` is given), "vocab_tree" (image
                    retrieval; needs `vocab_tree`), or "auto" (exhaustive up to
                    500 images, then vocab_tree if a tree is given, else sequential).
+    vocab_tree   : a COLMAP faiss vocabulary tree file (build_vocab_tree, or
+                   one of COLMAP's published trees); loaded before extraction
+                   when the chosen matcher uses it (ValueError if it does not load).
+    vocab_tree_num_images: matcher "vocab_tree" matches each photo with
+                   (at most) this many most similar photos that retrieval finds.
     threads      : threads for extraction, matching and mapping (-1: all cores).
     max_image_size: longest side used for feature extraction (keypoints and
                    intrinsics stay in full-resolution pixels); None: no cap.
@@ -190,19 +457,20 @@ def run_sfm(
     Returns the summary dict (also written to `summary_path`, default
     out_dir/poses/summary.json): total, registered, registered_fraction,
     unregistered (names), models_found, model_sizes, model_kept, matcher,
-    matcher_reason, camera_model, cameras (model, width, height, params in
-    full-size pixels), points, mean_reprojection_error_px, keypoints,
-    verified_pairs, the settings used, and timings (extraction_s, matching_s,
-    mapping_s, total_s). Raises ValueError for bad arguments or unreadable
-    photos, SfMError when too few photos register.
+    matcher_reason, vocab_tree (path, or None when no tree was used),
+    camera_model, cameras (model, width, height, params in full-size pixels),
+    points, mean_reprojection_error_px, keypoints, matched_pairs (image
+    pairs the matcher tried: n(n-1)/2 for exhaustive), verified_pairs, the settings
+    used, and timings (extraction_s, matching_s, mapping_s, total_s). Raises
+    ValueError for bad arguments, unreadable photos or a vocabulary tree that
+    does not load, SfMError when too few photos register.
     """
     import pycolmap
 
     _validate(camera_model, matcher, threads, max_image_size, min_registered_fraction, overlap)
-    if not isinstance(max_num_features, int) or max_num_features < 64:
-        raise ValueError(f"max_num_features must be an integer >= 64, got {max_num_features!r}")
-    if sift_first_octave != "auto" and sift_first_octave not in (-1, 0, 1, 2):
-        raise ValueError(f"sift_first_octave must be 'auto', -1, 0, 1 or 2, got {sift_first_octave!r}")
+    _check_sift_args(max_num_features, sift_first_octave)
+    if not isinstance(vocab_tree_num_images, int) or vocab_tree_num_images < 1:
+        raise ValueError(f"vocab_tree_num_images must be a positive integer, got {vocab_tree_num_images!r}")
     use_gpu = _resolve_gpu(gpu)
     if vocab_tree and not Path(vocab_tree).is_file():
         raise ValueError(f"vocabulary tree file {vocab_tree} does not exist. {VOCAB_TREE_HELP}")
@@ -212,23 +480,24 @@ def run_sfm(
     names = [n for n, _, _ in sizes]
     n = len(names)
     matcher_used, matcher_reason = choose_matcher(matcher, n, vocab_tree)
+    uses_tree = bool(vocab_tree) and matcher_used in ("vocab_tree", "sequential")
+    tree_note = ""
+    if uses_tree:
+        tree = check_vocab_tree(vocab_tree)
+        tree_note = f"; vocabulary tree {vocab_tree} ({tree['num_visual_words']} words)"
+        if matcher_used == "vocab_tree":
+            tree_note += f", {min(vocab_tree_num_images, n)} images retrieved per photo"
     if matcher == "auto" and matcher_used == "sequential":
         log(
             f"[sfm] WARNING: {n} images and no vocabulary tree: falling back to sequential matching, "
             "which only works for ordered captures (video). For unordered photos configure a "
             f"vocabulary tree. {VOCAB_TREE_HELP}"
         )
-    longest = max(max(w, h) for _, w, h in sizes)
-    if max_image_size is not None:
-        longest = min(longest, max_image_size)
-    if sift_first_octave == "auto":
-        first_octave = -1 if longest <= SIFT_UPSAMPLE_MAX_SIZE else 0
-    else:
-        first_octave = int(sift_first_octave)
+    longest, first_octave = _first_octave(sizes, max_image_size, sift_first_octave)
     device = pycolmap.Device.cuda if use_gpu else pycolmap.Device.cpu
     log(
         f"[sfm] {n} images in {image_dir} ({sizes[0][1]}x{sizes[0][2]} first); camera {camera_model}"
-        f"{' shared' if single_camera else ''}; matcher {matcher_used} ({matcher_reason}); "
+        f"{' shared' if single_camera else ''}; matcher {matcher_used} ({matcher_reason}){tree_note}; "
         f"threads {threads}; SIFT on {'GPU' if use_gpu else 'CPU'} (longest side {longest} px, "
         f"first octave {first_octave}, <= {max_num_features} features); pycolmap {pycolmap.__version__}"
     )
@@ -243,23 +512,9 @@ def run_sfm(
 
         # 1. Features.
         t0 = time.perf_counter()
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = camera_model
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = threads
-        extraction.max_image_size = -1 if max_image_size is None else int(max_image_size)
-        extraction.use_gpu = use_gpu
-        extraction.sift.max_num_features = int(max_num_features)
-        extraction.sift.first_octave = first_octave
-        pycolmap.extract_features(
-            database,
-            image_dir,
-            image_names=names,
-            camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.AUTO,
-            reader_options=reader,
-            extraction_options=extraction,
-            device=device,
-        )
+        _extract(database, image_dir, names, camera_model=camera_model, single_camera=single_camera,
+                 threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
+                 first_octave=first_octave, use_gpu=use_gpu)
         timings["extraction_s"] = time.perf_counter() - t0
         with contextlib.closing(pycolmap.Database.open(database)) as db:
             n_db, n_kp, n_cams = db.num_images(), db.num_keypoints(), db.num_cameras()
@@ -289,7 +544,7 @@ def run_sfm(
         else:
             pairing = pycolmap.VocabTreePairingOptions()
             pairing.vocab_tree_path = str(vocab_tree)
-            pairing.num_images = min(100, n)
+            pairing.num_images = min(vocab_tree_num_images, n)
             pairing.num_threads = threads
             pycolmap.match_vocabtree(database, matching_options=matching, pairing_options=pairing, device=device)
         timings["matching_s"] = time.perf_counter() - t0
@@ -333,6 +588,8 @@ def run_sfm(
             "model_kept": None,
             "matcher": matcher_used,
             "matcher_reason": matcher_reason,
+            "vocab_tree": str(vocab_tree) if uses_tree else None,
+            "vocab_tree_num_images": min(vocab_tree_num_images, n) if matcher_used == "vocab_tree" else None,
             "camera_model": camera_model,
             "single_camera": bool(single_camera),
             "max_image_size": max_image_size,
@@ -341,6 +598,7 @@ def run_sfm(
             "threads": threads,
             "gpu": use_gpu,
             "keypoints": int(n_kp),
+            "matched_pairs": int(n_pairs),
             "verified_pairs": int(n_verified),
             "pycolmap_version": pycolmap.__version__,
             "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -17,7 +17,7 @@ import pytest
 
 from nerflib import cli, scene_io
 
-STEPS = ("synthetic", "poses", "pyramid", "train", "eval", "render", "localize")
+STEPS = ("synthetic", "poses", "vocab-tree", "pyramid", "train", "eval", "render", "localize")
 
 
 def test_help_lists_every_step():
@@ -29,6 +29,27 @@ def test_help_lists_every_step():
         with pytest.raises(SystemExit) as e:
             cli.build_parser().parse_args([step, "--help"])
         assert e.value.code == 0
+
+
+def test_vocab_tree_by_hand(tmp_path, capsys):
+    """`nerf vocab-tree PHOTOS TREE`: SIFT from the photos -> a tree file that the vocab_tree matcher loads."""
+    import cv2
+    import numpy as np
+
+    from nerflib import sfm
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):  # smooth noise: plenty of SIFT features (~900 a photo), fast
+        noise = rng.integers(0, 256, size=(60, 80, 3)).astype(np.uint8)
+        assert cv2.imwrite(str(photos / f"{i}.png"), cv2.resize(noise, (320, 240), interpolation=cv2.INTER_CUBIC))
+    tree = tmp_path / "trees" / "tree.bin"
+    assert cli.main(["vocab-tree", str(photos), str(tree), "--threads", "1", "--max-features", "512",
+                     "--words", "32", "--iterations", "5"]) == 0
+    assert sfm.check_vocab_tree(tree)["num_visual_words"] == 32
+    assert sorted(p.name for p in tree.parent.iterdir()) == ["tree.bin"]
+    assert "[vocab-tree] wrote" in capsys.readouterr().out
 
 
 def test_every_step_by_hand_on_the_demo(tmp_path, capsys):

@@ -64,8 +64,47 @@ def test_vocab_tree_matcher_needs_a_tree(tmp_path):
     with pytest.raises(ValueError, match="needs a vocabulary tree") as e:
         sfm.run_sfm(tmp_path / "images", tmp_path / "out", matcher="vocab_tree")
     assert "vocab_tree" in str(e.value) and "faiss" in str(e.value) and "http" not in str(e.value)
+    assert "nerf vocab-tree" in str(e.value)  # says how to build one
     with pytest.raises(ValueError, match="does not exist"):
         sfm.run_sfm(tmp_path / "images", tmp_path / "out", matcher="vocab_tree", vocab_tree=tmp_path / "tree.bin")
+
+
+def test_bad_vocab_tree_file_is_a_value_error(tmp_path):
+    """COLMAP reads the tree in a matcher thread, where a bad file aborts Python; run_sfm loads it first."""
+    images = _noise_images(tmp_path / "images", 3)
+    legacy = tmp_path / "flann_tree.bin"  # a FLANN-era tree starts with its number of visual words
+    legacy.write_bytes(np.array([32768, 128, 64, 0], np.int32).tobytes() + bytes(64))
+    with pytest.raises(ValueError, match="does not load") as e:
+        sfm.check_vocab_tree(legacy)
+    assert "flann" in str(e.value).lower() and "nerf vocab-tree" in str(e.value)
+    with pytest.raises(ValueError, match="does not load"):
+        sfm.run_sfm(images, tmp_path / "out", matcher="vocab_tree", vocab_tree=legacy)
+    assert not (tmp_path / "out").exists()  # refused before any work
+    with pytest.raises(ValueError, match="vocab_tree_num_images"):
+        sfm.run_sfm(images, tmp_path / "out", matcher="vocab_tree", vocab_tree=legacy, vocab_tree_num_images=0)
+
+
+def test_auto_num_visual_words():
+    assert sfm.auto_num_visual_words(60_000) == 1024  # 40 photos at 320x240
+    assert sfm.auto_num_visual_words(sfm.MAX_TREE_DESCRIPTORS) == 8192
+    assert sfm.auto_num_visual_words(10) == sfm.MIN_VISUAL_WORDS
+    assert sfm.auto_num_visual_words(10**9) == sfm.MAX_VISUAL_WORDS
+    for n in [800, 5000, 123_456, 2_000_000]:
+        words = sfm.auto_num_visual_words(n)
+        assert words & (words - 1) == 0 and sfm.DESCRIPTORS_PER_WORD <= n / words < 2 * sfm.DESCRIPTORS_PER_WORD
+
+
+def test_build_vocab_tree_bad_sources(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        sfm.build_vocab_tree(tmp_path / "missing", tmp_path / "tree.bin")
+    (tmp_path / "notes.txt").write_text("not a database")
+    with pytest.raises(ValueError, match="neither a folder of photos nor a COLMAP database"):
+        sfm.build_vocab_tree(tmp_path / "notes.txt", tmp_path / "tree.bin")
+    with pytest.raises(ValueError, match="num_visual_words"):
+        sfm.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_visual_words=1)
+    with pytest.raises(ValueError, match="num_iterations"):
+        sfm.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_iterations=0)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no tree, no temp folder
 
 
 def test_gpu_true_without_cuda(tmp_path):
@@ -147,6 +186,7 @@ def test_sfm_on_synthetic_scene(synthetic_scene, tmp_path):
     assert json.loads((out / "poses" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert not [p for p in os.listdir(out) if p.startswith(".sfm-")]
     assert summary["matcher"] == "exhaustive" and "auto" in summary["matcher_reason"]
+    assert summary["matched_pairs"] == 40 * 39 // 2 and summary["vocab_tree"] is None  # every pair
     assert set(summary["timings"]) == {"extraction_s", "matching_s", "mapping_s", "total_s"}
 
     err, _, est = _pose_errors(out / "sparse" / "0", synthetic_scene / "images", gt)
@@ -164,6 +204,114 @@ def test_sfm_on_synthetic_scene(synthetic_scene, tmp_path):
     assert summary["unregistered"] == []
     assert rot_med < 0.5
     assert pos_med < 0.01
+
+
+# ------------------------------------------------------------ vocabulary tree (image retrieval)
+
+
+def _orbit_steps(database, n_views):
+    """Orbit steps between the two photos of each pair the matcher tried (names are orbit indices: 000.jpg ...).
+
+    Read with sqlite: the matches table has one row per pair tried, empty or not
+    (pycolmap's read_all_matches leaves out the empty ones).
+    """
+    import contextlib
+    import sqlite3
+
+    import pycolmap
+
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        index = {image_id: int(name.split(".")[0]) for image_id, name in db.execute("SELECT image_id, name FROM images")}
+        pair_ids = [row[0] for row in db.execute("SELECT pair_id FROM matches")]
+    steps = []
+    for pair_id in pair_ids:
+        a, b = pycolmap.pair_id_to_image_pair(pair_id)
+        d = abs(index[a] - index[b]) % n_views
+        steps.append(min(d, n_views - d))
+    return np.array(steps)
+
+
+@pytest.fixture(scope="module")
+def vocab_tree(synthetic_scene, tmp_path_factory):
+    """A tree trained on the demo scene's own photos (CI-sized: ~17k descriptors, 256 words, ~5 s)."""
+    tree = tmp_path_factory.mktemp("tree") / "vocab_tree.bin"
+    summary = sfm.build_vocab_tree(
+        synthetic_scene / "images", tree, threads=THREADS, max_num_features=1024, sift_first_octave=0,
+        max_num_descriptors=20_000, log=print,
+    )
+    print(f"vocab tree: {summary}")
+    assert summary["images"] == 40 and summary["num_visual_words"] == sfm.auto_num_visual_words(
+        summary["descriptors_used"])
+    assert sorted(os.listdir(tree.parent)) == ["vocab_tree.bin"]  # the temp database is gone
+    return tree
+
+
+@pytest.mark.slow
+def test_sfm_with_vocab_tree_matcher(synthetic_scene, vocab_tree, tmp_path):
+    """Retrieval with a tree built from the scene's own photos: every view, exhaustive-grade poses, fewer pairs."""
+    out = tmp_path / "scene"
+    n_retrieved = 8
+    summary = sfm.run_sfm(
+        synthetic_scene / "images", out, matcher="vocab_tree", vocab_tree=vocab_tree,
+        vocab_tree_num_images=n_retrieved, threads=THREADS, max_num_features=512, log=print,
+    )
+    gt = scene_io.read_scene_json(synthetic_scene / "gt" / "scene.json")
+    radius = json.loads((synthetic_scene / "gt" / "meta.json").read_text())["radius"]
+    n = len(gt.names)
+    err, _, _ = _pose_errors(out / "sparse" / "0", synthetic_scene / "images", gt)
+    rot_med = float(np.median(err["rotation_deg"]))
+    pos_med = float(np.median(err["position"])) / radius
+    steps = _orbit_steps(out / "database.db", n)
+    print(
+        f"vocab_tree: registered {summary['registered']}/{n}, {summary['matched_pairs']} pairs matched "
+        f"(exhaustive: {n * (n - 1) // 2}), orbit steps apart {np.bincount(steps).tolist()}, median rotation "
+        f"error {rot_med:.3f} deg, median position error {100 * pos_med:.3f}% of the orbit radius, "
+        f"timings {summary['timings']}"
+    )
+    assert summary["matcher"] == "vocab_tree" and summary["matcher_reason"] == "requested"
+    assert summary["vocab_tree"] == str(vocab_tree) and summary["vocab_tree_num_images"] == n_retrieved
+    assert summary["registered"] == summary["total"] == n and summary["unregistered"] == []
+    assert rot_med < 0.5  # the bounds of test_sfm_on_synthetic_scene (exhaustive)
+    assert pos_med < 0.01
+    # Retrieval was used: at most n_retrieved partners per photo instead of all n - 1 ...
+    assert len(steps) == summary["matched_pairs"] <= n * n_retrieved < n * (n - 1) // 2
+    # ... chosen by what the photos show: every photo is paired with its orbit neighbour (9 degrees away),
+    # and pairs up to 3 steps apart are over twice as common as among all pairs (6 of 39). (With so small
+    # a tree some far pairs come too; measured 41-45% within 3 steps, 39-40 of the 40 neighbour pairs.)
+    assert np.sum(steps == 1) >= 0.9 * n
+    assert np.mean(steps <= 3) > 2 * 6 / 39
+
+    # The same tree from that run's database (no second extraction) loads too; a failed build keeps it.
+    tree2 = tmp_path / "trees" / "from_db.bin"
+    built = sfm.build_vocab_tree(out / "database.db", tree2, threads=THREADS, max_num_descriptors=10_000, log=print)
+    assert built["descriptors_total"] == summary["keypoints"] and built["descriptors_used"] == 10_000
+    assert sfm.check_vocab_tree(tree2)["num_visual_words"] == built["num_visual_words"] == 128
+    before = tree2.read_bytes()
+    with pytest.raises(ValueError, match="exceeds"):
+        sfm.build_vocab_tree(out / "database.db", tree2, num_visual_words=20_000, max_num_descriptors=10_000)
+    assert tree2.read_bytes() == before and sorted(os.listdir(tree2.parent)) == ["from_db.bin"]
+
+
+@pytest.mark.slow
+def test_auto_picks_vocab_tree_beyond_threshold(synthetic_scene, vocab_tree, tmp_path, monkeypatch):
+    """matcher="auto" with more photos than AUTO_EXHAUSTIVE_MAX_IMAGES and a tree: vocab_tree, said in the summary."""
+    images = tmp_path / "images"
+    images.mkdir()
+    n = 12  # an arc of consecutive orbit views
+    for name in sorted(os.listdir(synthetic_scene / "images"))[:n]:
+        (images / name).symlink_to(synthetic_scene / "images" / name)
+    monkeypatch.setattr(sfm, "AUTO_EXHAUSTIVE_MAX_IMAGES", 10)
+    logs = []
+    summary = sfm.run_sfm(images, tmp_path / "out", matcher="auto", vocab_tree=vocab_tree, vocab_tree_num_images=5,
+                          threads=THREADS, max_num_features=1024, log=logs.append)
+    print("\n".join(logs))
+    on_disk = json.loads((tmp_path / "out" / "poses" / "summary.json").read_text())
+    assert on_disk["matcher"] == "vocab_tree" and on_disk["vocab_tree"] == str(vocab_tree)
+    assert on_disk["matcher_reason"] == f"auto: {n} images > 10 and a vocabulary tree is configured"
+    assert on_disk["registered"] == n
+    assert on_disk["matched_pairs"] <= n * 5 < n * (n - 1) // 2
+    assert any("matching (vocab_tree)" in line for line in logs)
+    assert not any("WARNING" in line for line in logs)
 
 
 # ------------------------------------------------------------ real photos
