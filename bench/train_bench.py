@@ -1,4 +1,4 @@
-"""Training throughput and time-to-quality of nerflib presets on a Blender scene.
+"""Training throughput and time-to-quality of nerflib presets on a Blender or COLMAP scene.
 
 Prints a table (and writes JSON with --out): for each run, steady-state
 steps/s and rays/s (after `--warmup` steps, host-synced windows), the first
@@ -41,6 +41,30 @@ def load_blender(root: Path, split: str, *, max_views: int | None = None) -> dat
     ds = datasets.load_dataset(scene, image_dir=scene.image_dir, factor=1, split="all",
                                normalize=None, near=2.0, far=6.0, white_background=True)
     return ds
+
+
+def load_colmap(root: Path, split: str, *, factor: int = 1, test_every: int = 8) -> datasets.Dataset:
+    """A COLMAP project (root/sparse/0, or root/scene.json written from it by nerflib, + root/images or
+    root/images_{factor}) as the workflow loads it:
+    normalized as configs.for_scene says for the `fast` preset (360 or forward), every 8th view held out."""
+    from nerflib import scene_io
+
+    image_dir = root / ("images" if factor == 1 else f"images_{factor}")
+    if (root / "scene.json").is_file():  # the model as nerflib's scene.json: no pycolmap needed (GPU machine)
+        scene = scene_io.read_scene_json(root / "scene.json")
+    else:
+        scene = scene_io.read_colmap(root / "sparse" / "0", image_dir=root / "images")
+    cfg = configs.for_scene(configs.get_preset("fast", factor=factor, test_every=test_every), scene)
+    return datasets.load_for_config(cfg, scene, image_dir=image_dir, split=split)
+
+
+def load_scene(root: Path, split: str, *, factor: int = 1) -> datasets.Dataset:
+    """Blender (transforms_{split}.json) or COLMAP (sparse/0) scene folder."""
+    if (root / f"transforms_{split}.json").is_file():
+        return load_blender(root, split)
+    if (root / "sparse" / "0").is_dir():
+        return load_colmap(root, split, factor=factor)
+    raise SystemExit(f"{root}: neither a Blender scene (transforms_train.json) nor a COLMAP project (sparse/0)")
 
 
 def peak_memory_gb() -> float | None:
@@ -177,7 +201,9 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="Blender scene folder (transforms_{train,test}.json)")
+    p.add_argument("--data", required=True,
+                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project (sparse/0 + images/)")
+    p.add_argument("--factor", type=int, default=1, help="COLMAP project: train on images_{factor}/")
     p.add_argument("--run", action="append", required=True, help="preset:batch[:devices[:seconds]]")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-steps", type=int, default=0, help="schedule length (0 = the preset's)")
@@ -195,8 +221,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     train_lib.enable_compilation_cache()
     root = Path(args.data)
-    train_ds = load_blender(root, "train")
-    test_ds = load_blender(root, "test")
+    train_ds = load_scene(root, "train", factor=args.factor)
+    test_ds = load_scene(root, "test", factor=args.factor)
+    print(f"{root}: {len(train_ds.names)} training views, {len(test_ds.names)} held out", flush=True)
     print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
     results = []
     for spec in args.run:

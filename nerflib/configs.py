@@ -213,6 +213,11 @@ def fast(**overrides) -> Config:
         skip_layer=0,
         hashgrid_options=(("num_levels", 16), ("features_per_level", 2), ("log2_table_size", 19),
                           ("base_resolution", 16), ("max_resolution", 2048)),
+        # The proposal rounds only shape the sampling: a 5-level 2^17 grid (nerfacto's proposal
+        # networks) is 1.45x faster per step than the full grid at the same held-out PSNR
+        # (bench/RESULTS.md, call 8).
+        prop_hashgrid_options=(("num_levels", 5), ("features_per_level", 2), ("log2_table_size", 17),
+                               ("base_resolution", 16), ("max_resolution", 256)),
     )
     base = Config(
         model=model,

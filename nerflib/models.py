@@ -107,6 +107,9 @@ class ModelConfig:
     # Keyword arguments for hashgrid.HashEncoding as (name, value) pairs; used
     # only with field="hashgrid".
     hashgrid_options: tuple[tuple[str, Any], ...] = ()
+    # The same for the proposal fields (which only shape the sampling, so a
+    # small grid will do, as nerfacto's proposal networks); () = hashgrid_options.
+    prop_hashgrid_options: tuple[tuple[str, Any], ...] = ()
     # --- Rendering ------------------------------------------------------
     background: str = "white"  # "white", "black" or "random" (random per ray in training).
     opaque_background: bool = True  # last interval fully opaque (unbounded scenes).
@@ -120,7 +123,8 @@ class ModelConfig:
         # Accept lists (e.g. from JSON) but store tuples, which are hashable.
         set_ = functools.partial(object.__setattr__, self)
         set_("num_prop_samples", tuple(int(k) for k in self.num_prop_samples))
-        set_("hashgrid_options", tuple((str(k), _freeze(v)) for k, v in dict(self.hashgrid_options).items()))
+        for name in ("hashgrid_options", "prop_hashgrid_options"):
+            set_(name, tuple((str(k), _freeze(v)) for k, v in dict(getattr(self, name)).items()))
 
         def need(ok, what, value):
             if not ok:
@@ -205,7 +209,7 @@ def config_from_dict(d: dict) -> ModelConfig:
 # ---------------------------------------------------------------------------
 
 
-def _hash_encoding(cfg: ModelConfig, name: str) -> nn.Module:
+def _hash_encoding(cfg: ModelConfig, name: str, *, proposal: bool = False) -> nn.Module:
     """The hook for field="hashgrid": nerflib.hashgrid.HashEncoding.
 
     Contract with nerflib/hashgrid.py: `HashEncoding(**cfg.hashgrid_options)`
@@ -217,7 +221,8 @@ def _hash_encoding(cfg: ModelConfig, name: str) -> nn.Module:
         hashgrid = importlib.import_module("nerflib.hashgrid")
     except ImportError as err:  # the module is written separately.
         raise ValueError(f"field='hashgrid' needs nerflib/hashgrid.py, which is not importable: {err}") from err
-    return hashgrid.HashEncoding(**dict(cfg.hashgrid_options), name=name)
+    options = cfg.prop_hashgrid_options if proposal and cfg.prop_hashgrid_options else cfg.hashgrid_options
+    return hashgrid.HashEncoding(**dict(options), name=name)
 
 
 class Field(nn.Module):
@@ -257,7 +262,8 @@ class Field(nn.Module):
         cfg = self.cfg
         dense = functools.partial(nn.Dense, kernel_init=getattr(jax.nn.initializers, cfg.weight_init)())
         # Submodules must be created here (inside the compact method).
-        hash_encoding = _hash_encoding(cfg, "hash_encoding") if cfg.field == "hashgrid" else None
+        hash_encoding = (_hash_encoding(cfg, "hash_encoding", proposal=not self.predict_rgb)
+                         if cfg.field == "hashgrid" else None)
         inputs = self._position_features(means, covs, hash_encoding)
         x = inputs
         for i in range(self.net_depth):

@@ -224,6 +224,24 @@ def test_hashgrid_field_with_the_real_module():
     assert rend[-1]["rgb"].shape == (4, 3)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_proposal_fields_can_have_their_own_smaller_grid(shared):
+    pytest.importorskip("nerflib.hashgrid")
+    opts = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("max_resolution", 64))
+    small = (("num_levels", 2), ("features_per_level", 2), ("log2_table_size", 8), ("max_resolution", 16))
+    cfg = models.model_tiny(field="hashgrid", hashgrid_options=opts, prop_hashgrid_options=list(small),
+                            share_proposal_field=shared)
+    assert cfg.prop_hashgrid_options == small  # stored as a hashable tuple
+    model = models.make_model(cfg, num_images=1)
+    rays = models.dummy_rays(cfg, 4)
+    variables = jax.eval_shape(lambda k: model.init(k, rays, rng=k, train_frac=0.5), jax.random.PRNGKey(0))
+    params = variables["params"]
+    assert params["nerf_field"]["hash_encoding"]["tables"].shape == (4, 1024, 2)
+    props = [k for k in params if k.startswith("prop_field")]
+    assert props and all(params[k]["hash_encoding"]["tables"].shape == (2, 256, 2) for k in props)
+    assert all(params[k]["Dense_0"]["kernel"].shape[0] == 4 for k in props)
+
+
 def test_hashgrid_without_module_fails_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "nerflib.hashgrid", None)  # makes the import fail.
     model = models.make_model(models.model_tiny(field="hashgrid"), num_images=1)
