@@ -157,14 +157,20 @@ def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
         assert view.shape == (60, 240, 3)  # photo | render | difference at factor 4
 
 
-def test_report_holds_every_item(demo_run, tmp_path):
+@pytest.fixture(scope="module")
+def demo_report(demo_run, tmp_path_factory):
+    """`snakemake --report report.zip` after the demo run (built once for the tests below)."""
+    out = tmp_path_factory.mktemp("report") / "report.zip"
+    result = snakemake(demo_run, "--report", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_report_holds_every_item(demo_run, demo_report):
     """`snakemake --report` after the demo: a valid zip with the HTML page and every report() item."""
     import zipfile
 
-    out = tmp_path / "report.zip"
-    result = snakemake(demo_run, "--report", str(out), timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with zipfile.ZipFile(out) as z:
+    with zipfile.ZipFile(demo_report) as z:
         assert z.testzip() is None
         names = z.namelist()
         html = [n for n in names if n.endswith("report.html")]
@@ -179,3 +185,70 @@ def test_report_holds_every_item(demo_run, tmp_path):
     localized = {p.name for p in (demo_run / "results" / "demo" / "localize" / "views").glob("*.png")}
     assert localized and localized <= {Path(n).name for n in names}
     assert "demo" in page and "<html" in page.lower()
+
+
+def test_report_in_a_browser(demo_run, demo_report, tmp_path):
+    """The report opened in headless Chromium (issue #10): no console errors, the results reachable.
+
+    Snakemake's report page shows images inline; a TSV or a video is behind the eye button
+    of its row (a download for the TSV, the browser's video player in a new tab for the mp4),
+    so the test clicks through as a reader would: Results > demo > metrics.tsv must hand over
+    the demo's PSNR table, a held-out view must display, and color.mp4 must play (its size
+    and length read by the <video> element). Skipped without Chromium, chromedriver or selenium.
+    """
+    import zipfile
+
+    import browser
+
+    reason = browser.missing()
+    if reason:
+        print(f"SKIP report browser test: {reason}")
+        pytest.skip(reason)
+    with zipfile.ZipFile(demo_report) as z:
+        z.extractall(tmp_path / "unzipped")
+    page = next((tmp_path / "unzipped").rglob("report.html"))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    metrics = demo_run / "results/demo/eval/metrics.tsv"
+    mean_psnr = next(r["psnr"] for r in csv.DictReader(metrics.open(), delimiter="\t") if r["name"] == "mean")
+    with browser.chrome(downloads) as b:
+        b.open(page)
+        assert b.driver.title == "Snakemake Report"
+        b.until(lambda d: "Distributed NeRF" in b.text(), "the workflow description (rules/report/workflow.rst)")
+        # The PSNR table: its caption under the info button, the table itself from the eye button.
+        row = b.report_row("demo", "results/demo/eval/metrics.tsv")
+        b.button(row, "information-circle").click()
+        b.until(lambda d: "Held-out evaluation of scene demo" in b.text(), "the caption of metrics.tsv")
+        row = b.report_row("demo", "results/demo/eval/metrics.tsv")
+        b.button(row, "eye").click()
+        got = b.downloaded("metrics.tsv")
+        rows = list(csv.DictReader(got.open(), delimiter="\t"))
+        assert [r["psnr"] for r in rows if r["name"] == "mean"] == [mean_psnr], rows
+        assert got.read_bytes() == metrics.read_bytes()
+        # A held-out view (ground truth | render | difference) shown in the page.
+        b.driver.switch_to.window(b.driver.window_handles[0])
+        view = sorted((demo_run / "results/demo/eval/views").glob("*.png"))[0]
+        row = b.report_row("demo", f"results/demo/eval/views/{view.name}")
+        b.button(row, "eye").click()
+        size = b.until(lambda d: d.execute_script(
+            "const i = document.querySelector('img[src*=\"" + view.name + "\"]');"
+            "return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : false;"),
+            f"{view.name} not displayed")
+        assert size == [240, 60], size  # three 80x60 panels at factor 4
+        # The colour video: the eye button opens it in the browser's player.
+        row = b.report_row("demo", "results/demo/render/color.mp4")
+        before = b.driver.window_handles
+        b.button(row, "eye").click()
+        b.new_window(before)
+        video = b.until(lambda d: d.execute_script(
+            "const v = document.querySelector('video');"
+            "return v && v.currentSrc && v.readyState >= 1 ? [v.currentSrc, v.videoWidth, v.videoHeight, v.duration]"
+            " : (v && v.error ? ['error ' + v.error.code] : false);"), "no playable <video> for color.mp4")
+        src, width, height, duration = video + [None] * (4 - len(video))
+        assert src.endswith("/color.mp4") and (width, height) == (80, 60), video
+        assert abs(duration - RENDER_FRAMES / RENDER_FPS) < 0.2, video
+        severe = b.severe()
+    print(f"report in Chromium: mean PSNR {mean_psnr} dB downloaded from the table's row, {view.name} shown "
+          f"{size[0]}x{size[1]}, color.mp4 plays {width}x{height} for {duration:.2f} s, "
+          f"{len(b.console)} console messages, none severe")
+    assert not severe, severe
