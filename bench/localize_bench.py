@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", default=[],
+                   help="NAME;option=value;... : localize.Options overrides compared on the same field and the "
+                        "same starts (repeatable; default: one variant with the defaults)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     train_lib.enable_compilation_cache()
@@ -74,37 +77,46 @@ def main(argv=None) -> int:
     print(f"field: held-out PSNR {psnr:.2f} dB, SSIM {ssim:.3f} (5 views)", flush=True)
     radius = float(np.linalg.norm(train_ds.c2w[:, :, 3], axis=-1).max())
     n_q = len(test_ds) if args.queries <= 0 else min(args.queries, len(test_ds))
-    rng = np.random.default_rng(args.seed)
+    variants = [("defaults", {})]
+    if args.variant:
+        variants = []
+        for spec in args.variant:
+            name, *items = spec.split(";")
+            variants.append((name, train_bench.parse_overrides(items)))
     rows = []
-    for spec in args.perturb:
-        rot, trans_pct = (float(x) for x in spec.split(":"))
-        queries, gts = [], []
-        for i in range(n_q):
-            gt = np.asarray(test_ds.c2w[i], np.float64)
-            start = localize.perturb_pose(gt, rng, rot_deg=rot, trans=trans_pct / 100 * radius)
-            queries.append((test_ds.names[i], test_ds.image_float(i), test_ds.cameras[i], start))
-            gts.append(gt)
-        t0 = time.perf_counter()
-        out = localize.localize(model, params, cfg, queries, near=test_ds.near, far=test_ds.far, factor=1,
-                                progress=False, iters=args.iters, restarts=args.restarts, seed=args.seed)
-        seconds = time.perf_counter() - t0
-        rot_err = np.array([rigid.rotation_error_deg(r["c2w"][:3, :3], g[:3, :3]) for r, g in zip(out, gts)])
-        pos_err = np.array([np.linalg.norm(r["c2w"][:3, 3] - g[:3, 3]) / radius * 100 for r, g in zip(out, gts)])
-        ok = (rot_err < 5) & (pos_err < 5)
-        conv = np.array([bool(r["converged"]) for r in out])
-        row = {"rot_deg": rot, "trans_pct": trans_pct, "queries": n_q, "success": float(ok.mean()),
-               "median_rot_err_deg": float(np.median(rot_err)), "median_pos_err_pct": float(np.median(pos_err)),
-               "converged": float(conv.mean()), "flag_right": float((conv == ok).mean()), "seconds": round(seconds, 1)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for name, options in variants:
+        rng = np.random.default_rng(args.seed)  # the same starts for every variant
+        for spec in args.perturb:
+            rot, trans_pct = (float(x) for x in spec.split(":"))
+            queries, gts = [], []
+            for i in range(n_q):
+                gt = np.asarray(test_ds.c2w[i], np.float64)
+                start = localize.perturb_pose(gt, rng, rot_deg=rot, trans=trans_pct / 100 * radius)
+                queries.append((test_ds.names[i], test_ds.image_float(i), test_ds.cameras[i], start))
+                gts.append(gt)
+            t0 = time.perf_counter()
+            kw = {"iters": args.iters, "restarts": args.restarts, "seed": args.seed, **options}
+            out = localize.localize(model, params, cfg, queries, near=test_ds.near, far=test_ds.far, factor=1,
+                                    progress=False, **kw)
+            seconds = time.perf_counter() - t0
+            rot_err = np.array([rigid.rotation_error_deg(r["c2w"][:3, :3], g[:3, :3]) for r, g in zip(out, gts)])
+            pos_err = np.array([np.linalg.norm(r["c2w"][:3, 3] - g[:3, 3]) / radius * 100 for r, g in zip(out, gts)])
+            ok = (rot_err < 5) & (pos_err < 5)
+            conv = np.array([bool(r["converged"]) for r in out])
+            row = {"variant": name, "options": kw, "rot_deg": rot, "trans_pct": trans_pct, "queries": n_q,
+                   "success": float(ok.mean()), "median_rot_err_deg": float(np.median(rot_err)),
+                   "median_pos_err_pct": float(np.median(pos_err)), "converged": float(conv.mean()),
+                   "flag_right": float((conv == ok).mean()), "seconds": round(seconds, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     meta = train_bench.run_meta(field={"preset": args.preset, "steps": steps, "held_out_psnr": round(psnr, 2),
                                        "held_out_ssim": round(ssim, 4)})
     print(f"\n{meta}")
-    print("| start error (rot deg / pos % radius) | queries | success (<5 deg, <5 %) | median rot err (deg) "
+    print("| variant | start error (rot deg / pos % radius) | queries | success (<5 deg, <5 %) | median rot err (deg) "
           "| median pos err (% radius) | flagged converged | flag right | time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['rot_deg']:g} / {r['trans_pct']:g} | {r['queries']} | {100 * r['success']:.0f}% "
+        print(f"| {r['variant']} | {r['rot_deg']:g} / {r['trans_pct']:g} | {r['queries']} | {100 * r['success']:.0f}% "
               f"| {r['median_rot_err_deg']:.2f} | {r['median_pos_err_pct']:.2f} | {100 * r['converged']:.0f}% "
               f"| {100 * r['flag_right']:.0f}% | {r['seconds']} |")
     if args.out:
