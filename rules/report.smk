@@ -1,6 +1,16 @@
-# Figures for `snakemake --report report.html`: the camera layout, the training curves
-# and the resolved settings of each scene. The other report items are the outputs of
-# the poses, evaluate, render and localize rules, marked with report() there.
+# Figures for `snakemake --report report.zip`: the camera layout, the training curves
+# and the resolved settings of each scene, and a per-scene overview page. The other
+# report items are the outputs of the poses, evaluate, render and localize rules,
+# marked with report() there.
+
+
+# The overview page of every scene with render videos; rule `all` asks for them, as only
+# outputs of jobs in the DAG make it into the report.
+REPORT_OVERVIEWS = [
+    f"results/{scene}/report/overview"
+    for scene in sheet["scene"]
+    if sheet.loc[scene, "render_path"] != "none"
+]
 
 
 rule report_figures:
@@ -37,3 +47,35 @@ rule report_figures:
         "../envs/nerf.yaml"
     script:
         "../workflow_scripts/report_figures.py"
+
+
+# One page per scene shown inline in the report (Snakemake displays HTML, not TSV or
+# video): the evaluation table, the videos in players, the figures. A directory with
+# an htmlindex: the videos and figures next to index.html (hard links) go into the
+# report zip with it. `snakemake --report report.html` refuses such items: use .zip.
+rule report_overview:
+    input:
+        metrics="results/{scene}/eval/metrics.tsv",
+        color="results/{scene}/render/color.mp4",
+        depth="results/{scene}/render/depth.mp4",
+        acc="results/{scene}/render/acc.mp4",
+        cameras="results/{scene}/report/cameras.png",
+        training="results/{scene}/report/training.png",
+    output:
+        report(
+            directory("results/{scene}/report/overview"),
+            htmlindex="index.html",
+            caption="report/overview.rst",
+            category="{scene}",
+            subcategory="0 overview",
+        ),
+    log:
+        "logs/report/overview/{scene}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/nerf.yaml"
+    script:
+        "../workflow_scripts/report_overview.py"

@@ -110,6 +110,26 @@ class Browser:
 
         return row.find_element(By.CSS_SELECTOR, f"a[iconname='{icon}']")
 
+    def show_inline(self, category, result):
+        """Opens an HTML result in the report page (its row's eye button) and switches into its iframe.
+
+        The report shows an HTML item in an <iframe> in place; the caller switches back with
+        driver.switch_to.default_content(). Returns the iframe's src.
+        """
+        from selenium.webdriver.common.by import By
+
+        name = result.rsplit("/", 1)[-1]
+        self.button(self.report_row(category, result), "eye").click()
+        frame = self.until(lambda d: next((f for f in d.find_elements(By.TAG_NAME, "iframe")
+                                           if (f.get_attribute("src") or "").endswith("/" + name)
+                                           and f.is_displayed()), False),
+                           f"{result} not shown inline (no iframe of {name} in the page)")
+        src = frame.get_attribute("src")
+        self.driver.switch_to.frame(frame)
+        self.until(lambda d: d.execute_script("return document.readyState === 'complete' && !!document.body"),
+                   f"the page of {result} did not load in its iframe")
+        return src
+
     def text(self):
         from selenium.webdriver.common.by import By
 

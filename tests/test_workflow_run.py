@@ -177,9 +177,18 @@ def test_report_holds_every_item(demo_run, demo_report):
         assert html, names
         page = z.read(html[0]).decode("utf-8", "replace")
     expected = ["cameras.png", "training.png", "settings.tsv", "metrics.tsv", "color.mp4", "depth.mp4", "acc.mp4",
-                "errors.tsv"]
+                "errors.tsv", "index.html"]
     for item in expected:
         assert any(n.endswith(item) for n in names), (item, names)
+    # The overview page (rule report_overview): index.html with the videos and figures it shows beside it.
+    index = [n for n in names if n.endswith("/index.html")]
+    assert len(index) == 1, index
+    folder = index[0].rsplit("/", 1)[0]
+    beside = {n.rsplit("/", 1)[1] for n in names if n.rsplit("/", 1)[0] == folder}
+    assert beside == {"index.html", "color.mp4", "depth.mp4", "acc.mp4", "cameras.png", "training.png"}, beside
+    with zipfile.ZipFile(demo_report) as z:
+        assert z.read(folder + "/color.mp4") == (demo_run / "results/demo/render/color.mp4").read_bytes()
+    assert "overview.html" in page  # the item's name in the report's results
     held_out = {p.name for p in (demo_run / "results" / "demo" / "eval" / "views").glob("*.png")}
     assert held_out and held_out <= {Path(n).name for n in names}
     localized = {p.name for p in (demo_run / "results" / "demo" / "localize" / "views").glob("*.png")}
@@ -190,11 +199,13 @@ def test_report_holds_every_item(demo_run, demo_report):
 def test_report_in_a_browser(demo_run, demo_report, tmp_path):
     """The report opened in headless Chromium (issue #10): no console errors, the results reachable.
 
-    Snakemake's report page shows images inline; a TSV or a video is behind the eye button
-    of its row (a download for the TSV, the browser's video player in a new tab for the mp4),
-    so the test clicks through as a reader would: Results > demo > metrics.tsv must hand over
-    the demo's PSNR table, a held-out view must display, and color.mp4 must play (its size
-    and length read by the <video> element). Skipped without Chromium, chromedriver or selenium.
+    Snakemake's report page shows images and HTML inline; a TSV or a video is behind the eye
+    button of its row (a download for the TSV, the browser's video player in a new tab for the
+    mp4), so the test clicks through as a reader would. The scene's overview page (rule
+    report_overview) must show inline, in the report's iframe, the demo's PSNR table with the
+    mean of metrics.tsv and players whose videos load (size and length read by each <video>);
+    Results > demo > metrics.tsv must hand over the table itself, a held-out view must display,
+    and color.mp4 must play from its own row. Skipped without Chromium, chromedriver or selenium.
     """
     import zipfile
 
@@ -215,6 +226,31 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
         b.open(page)
         assert b.driver.title == "Snakemake Report"
         b.until(lambda d: "Distributed NeRF" in b.text(), "the workflow description (rules/report/workflow.rst)")
+        # The overview page inline: the PSNR table and the videos in the report page itself.
+        overview = b.show_inline("demo", "results/demo/report/overview/index.html")
+        try:
+            table = b.until(lambda d: d.execute_script(
+                "const t = document.querySelector('table#metrics');"
+                "return t && t.querySelector('tr.mean') ? [...t.querySelectorAll('tr')]"
+                ".map(r => [...r.cells].map(c => c.textContent.trim())) : false;"),
+                f"no PSNR table in the overview page {overview}")
+            assert table[0] == ["view", "PSNR (dB)", "SSIM"] and table[-1][0] == "mean", table
+            assert table[-1][1] == f"{float(mean_psnr):.2f}", (table[-1], mean_psnr)  # the page's 2 decimals
+            held_names = [r["name"] for r in csv.DictReader(metrics.open(), delimiter="\t") if r["name"] != "mean"]
+            assert [r[0] for r in table[1:-1]] == held_names, table
+            players = b.until(lambda d: d.execute_script(
+                "const vs = [...document.querySelectorAll('video')];"
+                "if (vs.some(v => v.error || v.networkState === 3))"  # 3: NETWORK_NO_SOURCE, no <source> loads
+                " return vs.map(v => v.error ? 'error ' + v.error.code : (v.networkState === 3 ? 'no source' : 'ok'));"
+                "return vs.length && vs.every(v => v.currentSrc && v.readyState >= 1 && v.duration > 0)"
+                " ? vs.map(v => [v.currentSrc, v.videoWidth, v.videoHeight, v.duration, v.controls]) : false;"),
+                "the overview page's videos did not load")
+            assert [p[0].rsplit("/", 1)[-1] for p in players] == ["color.mp4", "depth.mp4", "acc.mp4"], players
+            for src, width, height, length, controls in players:
+                assert (width, height) == (80, 60) and controls, players
+                assert abs(length - RENDER_FRAMES / RENDER_FPS) < 0.2, players
+        finally:
+            b.driver.switch_to.default_content()
         # The PSNR table: its caption under the info button, the table itself from the eye button.
         row = b.report_row("demo", "results/demo/eval/metrics.tsv")
         b.button(row, "information-circle").click()
@@ -248,7 +284,8 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
         assert src.endswith("/color.mp4") and (width, height) == (80, 60), video
         assert abs(duration - RENDER_FRAMES / RENDER_FPS) < 0.2, video
         severe = b.severe()
-    print(f"report in Chromium: mean PSNR {mean_psnr} dB downloaded from the table's row, {view.name} shown "
+    print(f"report in Chromium: overview page inline with mean PSNR {table[-1][1]} dB in its table and "
+          f"{len(players)} playing videos; mean PSNR {mean_psnr} dB downloaded from the table's row, {view.name} shown "
           f"{size[0]}x{size[1]}, color.mp4 plays {width}x{height} for {duration:.2f} s, "
           f"{len(b.console)} console messages, none severe")
     assert not severe, severe
