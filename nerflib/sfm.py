@@ -11,8 +11,9 @@ mapping and leaves, only on success:
 
 Everything is built in a temp folder `out_dir/.sfm-*` (same file system) and
 renamed into place at the end, so a failed or interrupted run leaves earlier
-results as they were. Images are used in their stored pixel layout (COLMAP
-ignores EXIF orientation; see `nerflib.images`).
+results as they were; the next run deletes the folder a killed one left
+behind (tests/test_kill_resume.py). Images are used in their stored pixel
+layout (COLMAP ignores EXIF orientation; see `nerflib.images`).
 
 `build_vocab_tree(source, tree_path)` trains a vocabulary tree (a COLMAP
 faiss visual index) on the SIFT descriptors of a folder of photos or of a
@@ -138,6 +139,22 @@ def _resolve_gpu(gpu) -> bool:
             )
         return gpu
     raise ValueError(f"gpu must be 'auto', True or False, got {gpu!r}")
+
+
+WORK_PREFIX = ".sfm-"
+
+
+def _remove_stale_work_dirs(out_dir: Path, log: Callable[[str], None]) -> None:
+    """Delete the work folders of earlier runs that were killed (SIGKILL, node failure: no `finally` ran).
+
+    One SfM runs per output folder at a time (Snakemake's output locks), so every
+    `.sfm-*` folder found before ours is created is a leftover, with a feature
+    database of up to gigabytes in it.
+    """
+    for stale in sorted(out_dir.glob(WORK_PREFIX + "*")):
+        if stale.is_dir() and not stale.is_symlink():
+            log(f"[sfm] removing {stale.name}, the work folder of an interrupted run")
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _validate(camera_model, matcher, threads, max_image_size, min_registered_fraction, overlap):
@@ -503,7 +520,8 @@ def run_sfm(
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".sfm-"))
+    _remove_stale_work_dirs(out_dir, log)
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=WORK_PREFIX))
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     try:

@@ -1,7 +1,9 @@
 """The pipeline steps, each one call: what the Snakemake rules and `nerf` run.
 
 Each function takes plain paths and options, writes its outputs atomically and
-raises an error naming the file and the fix when its input is bad.
+raises an error naming the file and the fix when its input is bad. Before it
+writes, it deletes the temp files that a killed run (SIGKILL: no handler runs)
+left in its output folders (fileio.remove_stale_temps).
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ from pathlib import Path
 from nerflib import fileio
 
 
+def _remove_stale_temps(folder, *, recursive: bool = False, main: bool = True) -> None:
+    """Before a step writes into `folder`: delete the temp files that a killed run's atomic writes left there."""
+    if not main:
+        return  # process 0 writes every file but checkpoints, and cleans up
+    for path in fileio.remove_stale_temps(folder, recursive=recursive):
+        print(f"removed {path}, a temp file of an interrupted run")
+
+
 def synthetic_scene(out_dir, *, views=60, heldout=8, queries=4, width=320, height=240, seed=0) -> dict:
     """The procedural demo scene: photos, held-out views, query photos, ground truth."""
     from nerflib import synthetic
 
+    _remove_stale_temps(out_dir, recursive=True)
     summary = synthetic.generate(out_dir, n_views=views, n_heldout=heldout, n_queries=queries,
                                  width=width, height=height, seed=seed)
     print(f"synthetic scene written to {out_dir}: {summary}")
@@ -48,6 +59,8 @@ def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="",
 
     images, scene_dir = Path(images), Path(scene_dir)
     summary_path = scene_dir / "poses" / "summary.json"
+    for folder in (scene_dir, scene_dir / "poses", scene_dir / "sparse" / "0"):
+        _remove_stale_temps(folder)
     start = time.perf_counter()
     if poses:
         scene = scene_io.load_poses(poses, poses_format, image_dir=images)
@@ -89,6 +102,7 @@ def pyramid(images, out_dir, *, factor, threads=1) -> dict:
     """images_{factor}/: area-downsampled copies of the photos."""
     from nerflib import pyramid as pyramid_mod
 
+    _remove_stale_temps(out_dir)
     result = pyramid_mod.make_pyramid(images, out_dir, factor, threads=max(1, int(threads)))
     print(f"pyramid x{factor}: {len(result['written'])} written, {len(result['skipped'])} up to date")
     return result
@@ -110,6 +124,7 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=N
     from nerflib import train as train_mod
 
     parallel.initialize_distributed()
+    _remove_stale_temps(model_dir, main=jax.process_index() == 0)
     # The capture's kind adapts the preset first; the user's overrides win over both.
     base = configs.for_scene(configs.get_preset(preset, factor=int(factor)), scene_io.read_scene_json(scene_json))
     cfg = configs.override(base, **dict(overrides or {}))
@@ -122,10 +137,13 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=N
 
 def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
     """PSNR/SSIM of the held-out views: out_dir/metrics.tsv and out_dir/views/."""
+    import jax
+
     from nerflib import checkpoint, parallel
     from nerflib import evaluate as eval_mod
 
     parallel.initialize_distributed()
+    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)
     mesh = parallel.make_mesh()
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     dataset = _load_split(cfg, scene_json, images, split="test")
@@ -137,9 +155,12 @@ def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
 def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(), n_frames=480, fps=60,
            factor=None) -> dict:
     """Videos along a camera path: out_dir/{color,depth,acc}.mp4 and path.json (frames/ kept for resuming)."""
+    import jax
+
     from nerflib import parallel, video
 
     parallel.initialize_distributed()
+    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)  # frames/ too
     return video.render_path(model_dir, scene_json, out_dir, images=images, path=path, keyframes=list(keyframes),
                              n_frames=int(n_frames), fps=fps, factor=factor)
 
@@ -154,10 +175,13 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
     start='perturbed' is the evaluation mode that starts from the ground truth
     moved by perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
     """
+    import jax
+
     from nerflib import localize_step, parallel
     from nerflib.train import enable_compilation_cache
 
     parallel.initialize_distributed()
+    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)
     enable_compilation_cache()
     return localize_step.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
@@ -182,6 +206,7 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
     from nerflib import figures, scene_io
 
     out_dir, model_dir = Path(out_dir), Path(model_dir)
+    _remove_stale_temps(out_dir)
     summary = json.loads(Path(summary_json).read_text()) if summary_json else None
     sparse = Path(scene_json).parent.parent / "sparse" / "0"
     scene = scene_io.read_scene_json(scene_json)

@@ -305,12 +305,14 @@ def _write_tsv(path: Path, rows: list[dict]) -> None:
     fileio.write_text(path, "\n".join(lines) + "\n")
 
 
-def _tb_writer(directory: Path):
+def _tb_writer(directory: Path, purge_step: int | None = None, suffix: str = ""):
+    """TensorBoard writer. purge_step (a resumed run's first step) hides the events that a killed
+    run wrote from that step on, so TensorBoard shows each step once."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(directory))
+    return SummaryWriter(str(directory), purge_step=purge_step, filename_suffix=suffix)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -360,7 +362,10 @@ class _Reporter:
         self.tsv_path = out_dir / "train.tsv"
         self.rows = _read_tsv(self.tsv_path, start) if resume else []
         self.elapsed_before = self.rows[-1]["elapsed_s"] if self.rows else 0.0
-        self.writer = _tb_writer(out_dir / "tb") if (tb and main) else None
+        self.tb_dir = out_dir / "tb"
+        # Events of an earlier run in tb/ (killed, or started over): hide those after this run's start.
+        purge = start + 1 if any(self.tb_dir.glob("events.out.tfevents.*")) else None
+        self.writer = _tb_writer(self.tb_dir, purge_step=purge) if (tb and main) else None
         if tb and main and self.writer is None:
             log("tensorboardX is not installed: no TensorBoard scalars")
         self.bar = _progress(end, start, progress and main)
@@ -392,6 +397,12 @@ class _Reporter:
                 self.writer.add_scalar(f"train/{k}", v, step)
             if np.isfinite(self.rays_per_s):
                 self.writer.add_scalar("train/rays_per_s", self.rays_per_s, step)
+        if self.writer is not None and step % cfg.checkpoint_every == 0:
+            # The events up to a checkpoint go to disk with it: a killed run resumes after it and never
+            # writes them again. tensorboardX writes from a queue in a thread (flush() does not wait for
+            # it, and it flushes every 2 minutes): close() does; the next events go to a new file.
+            self.writer.close()
+            self.writer = _tb_writer(self.tb_dir, suffix=f".{step:09d}")
         if self.bar is not None:
             self.bar.update(1)
             if step % cfg.print_every == 0:
