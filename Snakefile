@@ -1,6 +1,6 @@
 # Distributed NeRF: photos -> poses -> image pyramid -> radiance field -> evaluation -> report.
 # Run `snakemake --cores all` (local) or `snakemake --profile profiles/slurm` (cluster);
-# then `snakemake --report report.zip` for the browsable report.
+# then `snakemake --report report.html` (one file; or report.zip) for the browsable report.
 from snakemake.utils import min_version
 
 min_version("9.0")

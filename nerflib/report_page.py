@@ -1,30 +1,31 @@
 """The per-scene overview page of the Snakemake report (issue #10).
 
 Snakemake's report app shows images, HTML and PDF inline; a TSV is a download and
-a video opens in a separate tab. The overview is one HTML page per scene, shown
-inline (a `report(directory(...), htmlindex="index.html")` item) with:
+a video opens in a separate tab. The overview is one HTML file per scene,
+results/{scene}/report/overview.html (a plain report() item, shown inline), with:
 
   * the held-out evaluation of eval/metrics.tsv as a table (PSNR and SSIM per
     view, then the mean),
   * a <video controls> player per render video (colour, depth, accumulation),
   * the camera layout and training curves (optional figures).
 
-The page needs nothing outside its folder: no JavaScript, no external URL; the
-videos and figures sit next to index.html (hard links where the file system
-allows, else copies), so Snakemake's report zip carries them along. The folder
-is written atomically: built in a temp folder beside it, then renamed onto it.
+The page is one self-contained file, so it works in both `snakemake --report
+report.html` (which embeds every item as a data URI and refuses folders) and
+report.zip: no JavaScript, no external URL, the videos and figures embedded as
+base64 data URIs. Media beyond MAX_EMBED_BYTES (in all) are not embedded: the page
+then names their workflow paths instead. Written atomically (nerflib.fileio).
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import csv
 import html
+import mimetypes
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from urllib.parse import quote
+
+from nerflib import fileio
 
 # Labels of the render rule's videos, in page order.
 VIDEO_LABELS = {
@@ -34,6 +35,9 @@ VIDEO_LABELS = {
 }
 FIGURE_LABELS = {"cameras": "Camera layout", "training": "Training curves"}
 VIDEO_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".ogv": "video/ogg"}
+# The most media bytes (videos and figures together, before base64) embedded in the page.
+# report.html embeds the page once more (base64 again): 64 MB of media make a ~115 MB report.
+MAX_EMBED_BYTES = 64 * 2**20
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5rem; color: #1f2937; }
@@ -51,6 +55,7 @@ figcaption { font-size: .9rem; color: #4b5563; margin-top: .25rem; }
 figure.video { flex: 1 1 240px; max-width: 480px; }
 video { width: 100%; height: auto; background: #000; }
 img { max-width: 100%; height: auto; }
+p.note { background: #fef3c7; padding: .5rem .75rem; }
 footer { margin-top: 2rem; font-size: .8rem; color: #6b7280; }
 """
 
@@ -94,11 +99,6 @@ def _attr(value: str) -> str:
     return html.escape(value, quote=True)
 
 
-def _href(name: str) -> str:
-    """A file name next to index.html as a relative URL (percent-encoded, then escaped)."""
-    return _attr(quote(name))
-
-
 def metrics_table(views: list[dict], mean: dict) -> str:
     """The evaluation as an HTML table (id="metrics"): a row per view, then the mean row (class="mean")."""
     lines = ['<table id="metrics">',
@@ -114,23 +114,36 @@ def metrics_table(views: list[dict], mean: dict) -> str:
     return "\n".join(lines)
 
 
-def video_element(name: str, label: str) -> str:
-    """A <figure> with a <video controls> playing the file `name` (next to the page), and its label."""
-    kind = VIDEO_TYPES.get(Path(name).suffix.lower(), "")
-    type_attr = f' type="{kind}"' if kind else ""
+def mime_type(path: str | os.PathLike) -> str:
+    """The MIME type of a video or figure by its suffix (application/octet-stream if unknown)."""
+    suffix = Path(path).suffix.lower()
+    return VIDEO_TYPES.get(suffix) or mimetypes.guess_type(f"x{suffix}")[0] or "application/octet-stream"
+
+
+def data_uri(path: str | os.PathLike) -> str:
+    """The file as a base64 data URI (data:<mime>;base64,...)."""
+    data = Path(path).read_bytes()
+    return f"data:{mime_type(path)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def video_element(uri: str, label: str, source: str) -> str:
+    """A <figure> with a <video controls> playing `uri` (a data URI), its label and workflow path."""
+    kind = uri[5:uri.index(";")] if uri.startswith("data:") and ";" in uri else ""
+    type_attr = f' type="{_attr(kind)}"' if kind else ""
     return (f'<figure class="video"><video controls loop muted playsinline preload="metadata" title="{_attr(label)}">'
-            f'<source src="{_href(name)}"{type_attr}>'
-            f'<a href="{_href(name)}">{html.escape(name)}</a></video>'
-            f"<figcaption>{html.escape(label)} (<a href=\"{_href(name)}\">{html.escape(name)}</a>)</figcaption>"
+            f'<source src="{_attr(uri)}"{type_attr}></video>'
+            f"<figcaption>{html.escape(label)} (<code>{html.escape(source)}</code>)</figcaption>"
             "</figure>")
 
 
-def overview_html(scene: str, views: list[dict], mean: dict, *, videos: list[tuple[str, str]] = (),
-                  figures: list[tuple[str, str]] = (), sources: dict[str, str] | None = None) -> str:
+def overview_html(scene: str, views: list[dict], mean: dict, *, videos: list[tuple[str, str, str]] = (),
+                  figures: list[tuple[str, str, str]] = (), not_embedded: list[tuple[str, str]] = (),
+                  note: str = "", sources: dict[str, str] | None = None) -> str:
     """The page: scene title, summary line, metrics table, videos, figures.
 
-    videos / figures: (file name next to index.html, label); sources: label -> the
-    workflow path each part came from (listed at the bottom).
+    videos / figures: (data URI, label, workflow path); not_embedded: (label, workflow
+    path) of media too large to embed, listed as text under `note`; sources: label ->
+    the workflow path each part came from (listed at the bottom).
     """
     title = f"Scene {scene}: overview"
     parts = [
@@ -150,17 +163,22 @@ def overview_html(scene: str, views: list[dict], mean: dict, *, videos: list[tup
         '<h2 id="evaluation">Held-out evaluation</h2>',
         metrics_table(views, mean),
     ]
-    if videos:
+    if videos or not_embedded:
         parts.append('<h2 id="videos">Videos along the camera path</h2>')
+    if videos:
         parts.append('<div class="media">')
-        parts += [video_element(name, label) for name, label in videos]
+        parts += [video_element(uri, label, source) for uri, label, source in videos]
         parts.append("</div>")
+    if not_embedded:
+        items = "".join(f"<li>{html.escape(label)}: <code>{html.escape(source)}</code></li>"
+                        for label, source in not_embedded)
+        parts.append(f'<p class="note" id="not-embedded">{html.escape(note)}</p><ul class="not-embedded">{items}</ul>')
     if figures:
         parts.append('<h2 id="figures">Poses and training</h2>')
         parts.append('<div class="media">')
-        for name, label in figures:
-            parts.append(f'<figure><img src="{_href(name)}" alt="{_attr(label)}">'
-                         f"<figcaption>{html.escape(label)}</figcaption></figure>")
+        for uri, label, source in figures:
+            parts.append(f'<figure><img src="{_attr(uri)}" alt="{_attr(label)}">'
+                         f"<figcaption>{html.escape(label)} (<code>{html.escape(source)}</code>)</figcaption></figure>")
         parts.append("</div>")
     if sources:
         items = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in sources.items())
@@ -169,65 +187,56 @@ def overview_html(scene: str, views: list[dict], mean: dict, *, videos: list[tup
     return "\n".join(parts)
 
 
-def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Hard-links src to dst ('link'); copies it where a link cannot be made ('copy')."""
-    try:
-        os.link(src, dst)
-        return "link"
-    except OSError:  # another file system (EXDEV), or one without hard links
-        shutil.copy2(src, dst)
-        return "copy"
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yields a temp folder beside `path`; on success it replaces `path` (renamed onto it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the page from other readers
-        yield tmp
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_overview(out_dir: str | os.PathLike, *, scene: str, metrics_tsv: str | os.PathLike,
+def write_overview(out_html: str | os.PathLike, *, scene: str, metrics_tsv: str | os.PathLike,
                    videos: dict[str, str | os.PathLike] | None = None,
-                   figures: dict[str, str | os.PathLike] | None = None) -> dict:
-    """Writes out_dir/index.html with the files it shows next to it; returns what went in.
+                   figures: dict[str, str | os.PathLike] | None = None,
+                   max_embed_bytes: int = MAX_EMBED_BYTES) -> dict:
+    """Writes the self-contained page out_html (atomically); returns what went in.
 
-    videos / figures: key -> path; each lands as out_dir/<key><suffix> (keys of
-    VIDEO_LABELS / FIGURE_LABELS get their labels, others their key).
+    videos / figures: key -> path (keys of VIDEO_LABELS / FIGURE_LABELS get their
+    labels, others their key). The figures are embedded when their sizes fit
+    max_embed_bytes, the videos when figures and videos fit it together; media
+    left out are named by their workflow paths, with a note.
     """
     views, mean = read_metrics(metrics_tsv)
-    videos, figures = dict(videos or {}), dict(figures or {})
+    videos = {k: str(v) for k, v in (videos or {}).items()}
+    figures = {k: str(v) for k, v in (figures or {}).items()}
+    sizes = {path: os.path.getsize(path) for path in (*videos.values(), *figures.values())}  # missing: an error
+    figure_bytes = sum(sizes[p] for p in figures.values())
+    video_bytes = sum(sizes[p] for p in videos.values())
+    embed_figures = figure_bytes <= max_embed_bytes
+    embed_videos = embed_figures and figure_bytes + video_bytes <= max_embed_bytes
     sources = {"held-out evaluation": str(metrics_tsv)}
-    placed = {}
-    with atomic_dir(out_dir) as tmp:
-        entries = {}
-        for group, items, labels in (("videos", videos, VIDEO_LABELS), ("figures", figures, FIGURE_LABELS)):
-            entries[group] = []
-            for key, src in items.items():
-                name = f"{key}{Path(src).suffix.lower()}"
-                if name in placed or name == "index.html":
-                    raise ValueError(f"two files of the overview would both be named {name}")
-                placed[name] = link_or_copy(src, tmp / name)
-                label = labels.get(key, key)
-                entries[group].append((name, label))
-                sources[label] = str(src)
-        page = overview_html(scene, views, mean, videos=entries["videos"], figures=entries["figures"],
-                             sources=sources)
-        (tmp / "index.html").write_text(page, encoding="utf-8")
+    shown = {"videos": [], "figures": []}
+    not_embedded = []
+    for group, items, labels, embed in (("videos", videos, VIDEO_LABELS, embed_videos),
+                                        ("figures", figures, FIGURE_LABELS, embed_figures)):
+        for key, src in items.items():
+            label = labels.get(key, key)
+            sources[label] = src
+            if embed:
+                shown[group].append((data_uri(src), label, src))
+            else:
+                not_embedded.append((label, src))
+    note = ""
+    if not_embedded:
+        folders = sorted({str(Path(src).parent) for _, src in not_embedded})
+        note = (f"Too large to embed in this page ({_megabytes(figure_bytes + video_bytes)} of videos and figures; "
+                f"the limit is {_megabytes(max_embed_bytes)}): these files are in the workflow's "
+                f"{' and '.join(folders)} folder{'s' if len(folders) > 1 else ''} "
+                "(and are items of this report themselves).")
+    page = overview_html(scene, views, mean, videos=shown["videos"], figures=shown["figures"],
+                         not_embedded=not_embedded, note=note, sources=sources)
+    with fileio.atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    embedded = len(shown["videos"]) + len(shown["figures"])
     print(f"overview of scene {scene}: mean PSNR {format_psnr(mean['psnr'])} dB over {len(views)} views, "
-          f"{len(videos)} videos, {len(figures)} figures ({', '.join(f'{n} {how}' for n, how in placed.items())}) "
-          f"-> {out_dir}/index.html")
-    return {"index": str(Path(out_dir) / "index.html"), "views": len(views), "mean": mean, "files": placed}
+          f"{embedded} of {len(videos) + len(figures)} videos and figures embedded "
+          f"({_megabytes(figure_bytes + video_bytes)} of media, limit {_megabytes(max_embed_bytes)}) "
+          f"-> {out_html} ({_megabytes(len(page.encode('utf-8')))})")
+    return {"path": str(out_html), "views": len(views), "mean": mean, "embedded": embedded,
+            "not_embedded": [src for _, src in not_embedded], "media_bytes": figure_bytes + video_bytes}

@@ -1,5 +1,5 @@
-# Figures for `snakemake --report report.zip`: the camera layout, the training curves
-# and the resolved settings of each scene, and a per-scene overview page. The other
+# Figures for `snakemake --report report.html` (or report.zip): the camera layout, the
+# training curves and the resolved settings of each scene, and a per-scene overview page. The other
 # report items are the outputs of the poses, evaluate, render and localize rules,
 # marked with report() there.
 
@@ -7,7 +7,7 @@
 # The overview page of every scene with render videos; rule `all` asks for them, as only
 # outputs of jobs in the DAG make it into the report.
 REPORT_OVERVIEWS = [
-    f"results/{scene}/report/overview"
+    f"results/{scene}/report/overview.html"
     for scene in sheet["scene"]
     if sheet.loc[scene, "render_path"] != "none"
 ]
@@ -50,9 +50,9 @@ rule report_figures:
 
 
 # One page per scene shown inline in the report (Snakemake displays HTML, not TSV or
-# video): the evaluation table, the videos in players, the figures. A directory with
-# an htmlindex: the videos and figures next to index.html (hard links) go into the
-# report zip with it. `snakemake --report report.html` refuses such items: use .zip.
+# video): the evaluation table, the videos in players, the figures. One self-contained
+# file (media as base64 data URIs, up to report_page.MAX_EMBED_BYTES), so that both
+# report.html (which refuses directory items) and report.zip show it.
 rule report_overview:
     input:
         metrics="results/{scene}/eval/metrics.tsv",
@@ -63,8 +63,7 @@ rule report_overview:
         training="results/{scene}/report/training.png",
     output:
         report(
-            directory("results/{scene}/report/overview"),
-            htmlindex="index.html",
+            "results/{scene}/report/overview.html",
             caption="report/overview.rst",
             category="{scene}",
             subcategory="0 overview",

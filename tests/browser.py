@@ -114,17 +114,21 @@ class Browser:
         """Opens an HTML result in the report page (its row's eye button) and switches into its iframe.
 
         The report shows an HTML item in an <iframe> in place; the caller switches back with
-        driver.switch_to.default_content(). Returns the iframe's src.
+        driver.switch_to.default_content(). Returns the iframe's src (a data URI without its data).
         """
         from selenium.webdriver.common.by import By
 
         name = result.rsplit("/", 1)[-1]
+
+        def shows(src):  # a file of report.zip, or a data URI of report.html (data:...;filename=NAME;base64,...)
+            return src.endswith("/" + name) or (src.startswith("data:") and f";filename={name};" in src[:500])
+
         self.button(self.report_row(category, result), "eye").click()
         frame = self.until(lambda d: next((f for f in d.find_elements(By.TAG_NAME, "iframe")
-                                           if (f.get_attribute("src") or "").endswith("/" + name)
-                                           and f.is_displayed()), False),
+                                           if shows(f.get_attribute("src") or "") and f.is_displayed()), False),
                            f"{result} not shown inline (no iframe of {name} in the page)")
         src = frame.get_attribute("src")
+        src = src if not src.startswith("data:") else src[:src.index(";base64,")] + ";base64,..."
         self.driver.switch_to.frame(frame)
         self.until(lambda d: d.execute_script("return document.readyState === 'complete' && !!document.body"),
                    f"the page of {result} did not load in its iframe")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from html.parser import HTMLParser
 
 import cv2
@@ -106,51 +107,77 @@ def _overview_inputs(tmp_path):
 
 def test_overview_page_shows_the_metrics_table_and_the_videos(tmp_path):
     metrics, videos, figure = _overview_inputs(tmp_path)
-    out = tmp_path / "report" / "overview"
+    out = tmp_path / "report" / "overview.html"
+    out.parent.mkdir()
     got = report_page.write_overview(out, scene="demo<&>", metrics_tsv=metrics, videos=videos,
                                      figures={"cameras": figure})
     assert got["views"] == 2 and got["mean"] == {"psnr": 25.3117, "ssim": 0.85617}
-    assert sorted(p.name for p in out.iterdir()) == ["acc.mp4", "cameras.png", "color.mp4", "depth.mp4", "index.html"]
-    for kind, src in videos.items():  # hard links (same file system): no second copy of a video
-        assert (out / f"{kind}.mp4").read_bytes() == src.read_bytes()
-        assert (out / f"{kind}.mp4").stat().st_ino == src.stat().st_ino and got["files"][f"{kind}.mp4"] == "link"
-    text = (out / "index.html").read_text()
+    assert got["embedded"] == 4 and got["not_embedded"] == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["overview.html"]  # one file, no temp file left
+    text = out.read_text()
     page = _Page(text)
     # The table: header, one row per view (names escaped), the mean row as the file gives it.
     assert page.rows == [["view", "PSNR (dB)", "SSIM"], ["r_000.png", "24.12", "0.8123"],
                          ["a<b>&c.png", "26.50", "0.9000"], ["mean", "25.31", "0.8562"]]
     assert "a&lt;b&gt;&amp;c.png" in text and "a<b>" not in text
     assert "Scene demo&lt;&amp;&gt;: overview" in text and "demo<&>" not in text
+    assert "mean PSNR <strong>25.31 dB</strong>" in text
     assert report_page.format_psnr(25.3117) == "25.31"
-    # One player per video, in the render rule's order, each with a relative source.
+    # One player per video, in the render rule's order, each video embedded as a data URI.
     assert [v.keys() >= {"controls"} for v in page.all("video")] == [True] * 3
-    assert [(s["src"], s["type"]) for s in page.all("source")] == [
-        ("color.mp4", "video/mp4"), ("depth.mp4", "video/mp4"), ("acc.mp4", "video/mp4")]
-    assert [i["src"] for i in page.all("img")] == ["cameras.png"]
-    # Self-contained: no script, no external URL.
-    assert not page.all("script") and "http://" not in text and "https://" not in text
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    sources = page.all("source")
+    assert [s["type"] for s in sources] == ["video/mp4"] * 3
+    for source, kind in zip(sources, ("color", "depth", "acc")):
+        prefix = "data:video/mp4;base64,"
+        assert source["src"].startswith(prefix)
+        assert base64.b64decode(source["src"][len(prefix):]) == videos[kind].read_bytes()
+    [img] = page.all("img")
+    assert img["src"].startswith("data:image/png;base64,")
+    assert base64.b64decode(img["src"][len("data:image/png;base64,"):]) == figure.read_bytes()
+    assert 'id="not-embedded"' not in text
+    # Self-contained: no script, no external URL, no link to a file beside it.
+    assert not page.all("script") and "http://" not in text and "https://" not in text and not page.all("a")
 
 
-def test_overview_replaces_an_old_page_atomically_and_copies_across_file_systems(tmp_path, monkeypatch):
+def test_overview_names_the_videos_beyond_the_size_cap(tmp_path):
+    metrics, videos, figure = _overview_inputs(tmp_path)
+    out = tmp_path / "overview.html"
+    out.write_text("an older page")
+    video_bytes = sum(p.stat().st_size for p in videos.values())
+    cap = figure.stat().st_size + video_bytes - 1  # the figure fits, the videos with it do not
+    got = report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos=videos,
+                                     figures={"cameras": figure}, max_embed_bytes=cap)
+    assert got["embedded"] == 1 and got["not_embedded"] == [str(p) for p in videos.values()]
+    text = out.read_text()
+    page = _Page(text)
+    assert page.rows[-1] == ["mean", "25.31", "0.8562"]  # the table is there all the same
+    assert not page.all("video") and not page.all("source") and "data:video" not in text
+    assert [i["src"][:22] for i in page.all("img")] == ["data:image/png;base64,"]
+    assert "Too large to embed" in text and str(tmp_path / "render") in text  # the folder of the videos
+    for path in videos.values():  # each video named by its workflow path, as text
+        assert f"<code>{path}</code>" in text
+    assert not page.all("script") and not page.all("a")
+    # Below the figure's size nothing is embedded; the default cap is the module's constant.
+    got = report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos=videos,
+                                     figures={"cameras": figure}, max_embed_bytes=10)
+    assert got["embedded"] == 0 and len(got["not_embedded"]) == 4 and "data:" not in out.read_text()
+    assert report_page.MAX_EMBED_BYTES == 64 * 2**20
+
+
+def test_overview_write_is_atomic(tmp_path, monkeypatch):
     metrics, videos, _ = _overview_inputs(tmp_path)
-    out = tmp_path / "overview"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an earlier run")
-
-    def no_link(src, dst):
-        raise OSError(18, "Invalid cross-device link")
-
-    monkeypatch.setattr(report_page.os, "link", no_link)
-    got = report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
-    assert sorted(p.name for p in out.iterdir()) == ["color.mp4", "index.html"]  # the old folder is gone
-    assert got["files"] == {"color.mp4": "copy"}
-    assert (out / "color.mp4").stat().st_ino != videos["color"].stat().st_ino
-    assert (out / "color.mp4").read_bytes() == videos["color"].read_bytes()
-    # A failure leaves the page there untouched and no temp folder behind.
+    out = tmp_path / "overview.html"
+    report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
+    before = out.read_text()
+    # A failure (a missing video) leaves the page there untouched and no temp file behind.
     with pytest.raises(FileNotFoundError):
         report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": tmp_path / "missing.mp4"})
-    assert sorted(p.name for p in out.iterdir()) == ["color.mp4", "index.html"]
+    assert out.read_text() == before
+    # So does a failure while the page is written (to its temp file beside it).
+    monkeypatch.setattr(report_page, "overview_html", lambda *a, **k: None)  # write_text(None): TypeError
+    with pytest.raises(TypeError):
+        report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
+    assert out.read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -159,35 +159,41 @@ def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
 
 @pytest.fixture(scope="module")
 def demo_report(demo_run, tmp_path_factory):
-    """`snakemake --report report.zip` after the demo run (built once for the tests below)."""
-    out = tmp_path_factory.mktemp("report") / "report.zip"
-    result = snakemake(demo_run, "--report", str(out), timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out
+    """`snakemake --report report.html` and `--report report.zip` after the demo run (built once for the tests below)."""
+    folder = tmp_path_factory.mktemp("report")
+    built = {}
+    for kind in ("html", "zip"):
+        out = folder / f"report.{kind}"
+        result = snakemake(demo_run, "--report", str(out), timeout=600)
+        assert result.returncode == 0, (kind, result.stdout[-3000:] + result.stderr[-3000:])
+        built[kind] = out
+    return built
 
 
 def test_report_holds_every_item(demo_run, demo_report):
-    """`snakemake --report` after the demo: a valid zip with the HTML page and every report() item."""
+    """`snakemake --report`: report.html (one file) and a valid zip with the HTML page and every report() item."""
     import zipfile
 
-    with zipfile.ZipFile(demo_report) as z:
+    single = demo_report["html"].read_text("utf-8", "replace")
+    assert demo_report["html"].stat().st_size > 100_000 and "<html" in single.lower()
+    assert "Distributed NeRF" in single and "overview.html" in single  # every item embedded, the overview too
+    with zipfile.ZipFile(demo_report["zip"]) as z:
         assert z.testzip() is None
         names = z.namelist()
         html = [n for n in names if n.endswith("report.html")]
         assert html, names
         page = z.read(html[0]).decode("utf-8", "replace")
+        overview = [n for n in names if n.endswith("/overview.html")]
+        assert len(overview) == 1, names
+        overview_page = z.read(overview[0]).decode("utf-8")
     expected = ["cameras.png", "training.png", "settings.tsv", "metrics.tsv", "color.mp4", "depth.mp4", "acc.mp4",
-                "errors.tsv", "index.html"]
+                "errors.tsv", "overview.html"]
     for item in expected:
         assert any(n.endswith(item) for n in names), (item, names)
-    # The overview page (rule report_overview): index.html with the videos and figures it shows beside it.
-    index = [n for n in names if n.endswith("/index.html")]
-    assert len(index) == 1, index
-    folder = index[0].rsplit("/", 1)[0]
-    beside = {n.rsplit("/", 1)[1] for n in names if n.rsplit("/", 1)[0] == folder}
-    assert beside == {"index.html", "color.mp4", "depth.mp4", "acc.mp4", "cameras.png", "training.png"}, beside
-    with zipfile.ZipFile(demo_report) as z:
-        assert z.read(folder + "/color.mp4") == (demo_run / "results/demo/render/color.mp4").read_bytes()
+    # The overview page (rule report_overview): one file, its videos and figures embedded in it.
+    assert overview_page == (demo_run / "results/demo/report/overview.html").read_text("utf-8")
+    assert overview_page.count('src="data:video/mp4;base64,') == 3
+    assert overview_page.count('src="data:image/png;base64,') == 2
     assert "overview.html" in page  # the item's name in the report's results
     held_out = {p.name for p in (demo_run / "results" / "demo" / "eval" / "views").glob("*.png")}
     assert held_out and held_out <= {Path(n).name for n in names}
@@ -197,27 +203,22 @@ def test_report_holds_every_item(demo_run, demo_report):
 
 
 def test_report_in_a_browser(demo_run, demo_report, tmp_path):
-    """The report opened in headless Chromium (issue #10): no console errors, the results reachable.
+    """report.html (the single file) opened in headless Chromium (issue #10): no console errors, results reachable.
 
     Snakemake's report page shows images and HTML inline; a TSV or a video is behind the eye
-    button of its row (a download for the TSV, the browser's video player in a new tab for the
-    mp4), so the test clicks through as a reader would. The scene's overview page (rule
-    report_overview) must show inline, in the report's iframe, the demo's PSNR table with the
-    mean of metrics.tsv and players whose videos load (size and length read by each <video>);
-    Results > demo > metrics.tsv must hand over the table itself, a held-out view must display,
-    and color.mp4 must play from its own row. Skipped without Chromium, chromedriver or selenium.
+    button of its row, so the test clicks through as a reader would. The scene's overview page
+    (rule report_overview, one file with its videos as data URIs) must show inline, in the
+    report's iframe, the demo's PSNR table with the mean of metrics.tsv and players whose videos
+    load (size and length read by each <video>); Results > demo > metrics.tsv and color.mp4 must
+    hand over the files themselves (downloads, in report.html) and a held-out view must display. Skipped without Chromium, chromedriver or selenium.
     """
-    import zipfile
-
     import browser
 
     reason = browser.missing()
     if reason:
         print(f"SKIP report browser test: {reason}")
         pytest.skip(reason)
-    with zipfile.ZipFile(demo_report) as z:
-        z.extractall(tmp_path / "unzipped")
-    page = next((tmp_path / "unzipped").rglob("report.html"))
+    page = demo_report["html"]
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     metrics = demo_run / "results/demo/eval/metrics.tsv"
@@ -227,7 +228,7 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
         assert b.driver.title == "Snakemake Report"
         b.until(lambda d: "Distributed NeRF" in b.text(), "the workflow description (rules/report/workflow.rst)")
         # The overview page inline: the PSNR table and the videos in the report page itself.
-        overview = b.show_inline("demo", "results/demo/report/overview/index.html")
+        overview = b.show_inline("demo", "results/demo/report/overview.html")
         try:
             table = b.until(lambda d: d.execute_script(
                 "const t = document.querySelector('table#metrics');"
@@ -243,11 +244,12 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
                 "if (vs.some(v => v.error || v.networkState === 3))"  # 3: NETWORK_NO_SOURCE, no <source> loads
                 " return vs.map(v => v.error ? 'error ' + v.error.code : (v.networkState === 3 ? 'no source' : 'ok'));"
                 "return vs.length && vs.every(v => v.currentSrc && v.readyState >= 1 && v.duration > 0)"
-                " ? vs.map(v => [v.currentSrc, v.videoWidth, v.videoHeight, v.duration, v.controls]) : false;"),
+                " ? vs.map(v => [v.title, v.currentSrc.slice(0, 22), v.videoWidth, v.videoHeight, v.duration,"
+                " v.controls]) : false;"),
                 "the overview page's videos did not load")
-            assert [p[0].rsplit("/", 1)[-1] for p in players] == ["color.mp4", "depth.mp4", "acc.mp4"], players
-            for src, width, height, length, controls in players:
-                assert (width, height) == (80, 60) and controls, players
+            assert [p[0].split(" ")[0] for p in players] == ["Colour", "Depth", "Accumulated"], players
+            for title, src, width, height, length, controls in players:
+                assert src == "data:video/mp4;base64," and (width, height) == (80, 60) and controls, players
                 assert abs(length - RENDER_FRAMES / RENDER_FPS) < 0.2, players
         finally:
             b.driver.switch_to.default_content()
@@ -271,21 +273,15 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
             "return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : false;"),
             f"{view.name} not displayed")
         assert size == [240, 60], size  # three 80x60 panels at factor 4
-        # The colour video: the eye button opens it in the browser's player.
+        # The colour video's own row: in report.html (a data URI) its eye button downloads the file itself;
+        # the overview's players above are where it plays inline.
         row = b.report_row("demo", "results/demo/render/color.mp4")
-        before = b.driver.window_handles
         b.button(row, "eye").click()
-        b.new_window(before)
-        video = b.until(lambda d: d.execute_script(
-            "const v = document.querySelector('video');"
-            "return v && v.currentSrc && v.readyState >= 1 ? [v.currentSrc, v.videoWidth, v.videoHeight, v.duration]"
-            " : (v && v.error ? ['error ' + v.error.code] : false);"), "no playable <video> for color.mp4")
-        src, width, height, duration = video + [None] * (4 - len(video))
-        assert src.endswith("/color.mp4") and (width, height) == (80, 60), video
-        assert abs(duration - RENDER_FRAMES / RENDER_FPS) < 0.2, video
+        video = b.downloaded("color.mp4")
+        assert video.read_bytes() == (demo_run / "results/demo/render/color.mp4").read_bytes()
         severe = b.severe()
-    print(f"report in Chromium: overview page inline with mean PSNR {table[-1][1]} dB in its table and "
-          f"{len(players)} playing videos; mean PSNR {mean_psnr} dB downloaded from the table's row, {view.name} shown "
-          f"{size[0]}x{size[1]}, color.mp4 plays {width}x{height} for {duration:.2f} s, "
-          f"{len(b.console)} console messages, none severe")
+    print(f"report.html in Chromium: overview page inline with mean PSNR {table[-1][1]} dB in its table and "
+          f"{len(players)} playing videos ({players[0][2]}x{players[0][3]}, {players[0][4]:.2f} s); mean PSNR "
+          f"{mean_psnr} dB downloaded from the table's row, {view.name} shown {size[0]}x{size[1]}, color.mp4 "
+          f"downloaded from its row, {len(b.console)} console messages, none severe")
     assert not severe, severe
