@@ -13,7 +13,8 @@ The page is one self-contained file, so it works in both `snakemake --report
 report.html` (which embeds every item as a data URI and refuses folders) and
 report.zip: no JavaScript, no external URL, the videos and figures embedded as
 base64 data URIs. Media beyond MAX_EMBED_BYTES (in all) are not embedded: the page
-then names their workflow paths instead. Written atomically (nerflib.fileio).
+then names their workflow paths instead. Written atomically (nerflib.fileio); a
+killed run's temp page is removed by the next.
 """
 
 from __future__ import annotations
@@ -231,6 +232,10 @@ def write_overview(out_html: str | os.PathLike, *, scene: str, metrics_tsv: str 
                 "(and are items of this report themselves).")
     page = overview_html(scene, views, mean, videos=shown["videos"], figures=shown["figures"],
                          not_embedded=not_embedded, note=note, sources=sources)
+    out_html = Path(out_html)
+    for stale in out_html.parent.glob(f".{out_html.name}.*"):  # a killed run's temp page (issue #11)
+        if fileio.is_temp_name(stale.name):
+            stale.unlink(missing_ok=True)
     with fileio.atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     embedded = len(shown["videos"]) + len(shown["figures"])
