@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perturbed: evaluation mode, start from the ground truth moved by the perturbation below")
     p.add_argument("--perturb-deg", type=float, default=10.0)
     p.add_argument("--perturb-radius-fraction", type=float, default=0.1)
-    p.add_argument("--iters", type=int, default=150)
-    p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--iters", type=int, default=250)
+    p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--pixels", type=int, default=256, help="rays per start and step")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="another nerflib.localize.Options field, e.g. --set refine_focal=true (repeatable)")
