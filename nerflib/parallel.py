@@ -159,8 +159,9 @@ def launcher_command(launcher: str, resources: Mapping[str, Any]) -> list[str]:
         words.append(f"--gpus={gpus}")
     elif resources.get("gres"):
         words.append(f"--gres={resources['gres']}")
-    if number("tasks_per_gpu"):
-        words.append(f"--ntasks-per-gpu={number('tasks_per_gpu')}")
+    per_gpu = number("tasks_per_gpu")
+    if per_gpu:
+        words.append(f"--ntasks-per-gpu={per_gpu}")
     return words
 
 

@@ -113,15 +113,15 @@ _photos_checked = set()
 
 
 def check_photos(scene):
-    """Every photo of a scene decodes, checked before any job starts.
+    """The scene's photo folder, once every photo in it decodes (checked before any job starts).
 
     A bad photo found inside a job would come too late: Snakemake deletes the
     job's outputs (an earlier good run's sparse model, image pyramid) before
     running it. Only new or changed photos are decoded again (the cache file).
     """
-    if scene in _photos_checked:
-        return
     folder = resolve(sheet.loc[scene, "source"])
+    if scene in _photos_checked:
+        return folder
     try:
         from nerflib import images
 
@@ -129,14 +129,14 @@ def check_photos(scene):
     except ValueError as e:
         raise _sheet_error(scene, "source", f"{e} (checked before any job starts: no earlier output was touched)")
     _photos_checked.add(scene)
+    return folder
 
 
 def image_folder(wildcards):
     """The folder of full-size photos of a scene (checked: check_photos)."""
     if is_synthetic(wildcards.scene):
         return f"{synthetic_dir(wildcards.scene)}/images"
-    check_photos(wildcards.scene)
-    return resolve(sheet.loc[wildcards.scene, "source"])
+    return check_photos(wildcards.scene)
 
 
 def poses_input(wildcards):

@@ -24,7 +24,8 @@ settings = snakemake.params.settings
 launcher = str(snakemake.resources.get("mpi", "") or "").strip()
 
 if launcher:
-    command = [*parallel.launcher_command(launcher, dict(snakemake.resources.items())), sys.executable, "-m", "nerflib.cli", "--log", snakemake.log[0], "train",
+    command = [*parallel.launcher_command(launcher, dict(snakemake.resources.items())),
+               sys.executable, "-m", "nerflib.cli", "--log", snakemake.log[0], "train",
                snakemake.input.scene, snakemake.input.images, str(model_dir),
                "--preset", settings["preset"], "--factor", str(settings["factor"])]
     for key, value in dict(settings["overrides"] or {}).items():
