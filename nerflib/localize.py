@@ -114,17 +114,32 @@ def apply_twist(c2w0, twist, *, pivot: str = "world"):
     return xp.concatenate([R, centre[..., None]], axis=-1)
 
 
-def perturb_pose(c2w, rng: np.random.Generator, *, rot_deg: float, trans: float) -> np.ndarray:
-    """c2w [3, 4] turned about its centre by exactly rot_deg about a random axis and moved by `trans`."""
+def perturb_pose(c2w, rng: np.random.Generator, *, rot_deg: float, trans: float,
+                 pivot: str = "camera") -> np.ndarray:
+    """c2w [3, 4] turned by exactly rot_deg about a random axis, then moved by `trans`.
+
+    pivot='camera' turns the camera about its own centre (the view swings away
+    from what it saw) and moves the centre by exactly `trans`; pivot='world'
+    turns the whole pose about the world origin, as iNeRF's benchmark does
+    (rotation @ pose: an object at the origin stays where it was in the image),
+    which moves the centre along its orbit, then adds a step of length `trans`.
+    """
+    if pivot not in ("camera", "world"):
+        raise ValueError(f"pivot must be 'camera' or 'world', got {pivot!r}")
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     step = rng.normal(size=3)
     step /= np.linalg.norm(step)
+    c2w = np.asarray(c2w, np.float64)
+    if pivot == "world":
+        moved = apply_twist(c2w, np.concatenate([axis * math.radians(rot_deg), np.zeros(3)]), pivot="world")
+        moved[:3, 3] += step * trans
+        return moved
     twist = np.concatenate([axis * math.radians(rot_deg), step * trans])
     # pivot='camera' with V(omega) v: rescale v so that the centre moves by exactly `trans`.
     T = rigid.exp_se3(twist)
     twist[3:] *= trans / max(np.linalg.norm(T[:3, 3]), 1e-12) if trans > 0 else 0.0
-    return apply_twist(np.asarray(c2w, np.float64), twist, pivot="camera")
+    return apply_twist(c2w, twist, pivot="camera")
 
 
 def to_normalized(c2w, normalization: dict | None) -> np.ndarray:

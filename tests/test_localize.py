@@ -148,6 +148,23 @@ def test_perturb_pose_has_exact_magnitudes():
         p = localize.perturb_pose(c2w, rng, rot_deg=10.0, trans=0.1)
         assert rigid.rotation_error_deg(p[:, :3], c2w[:, :3]) == pytest.approx(10.0, abs=1e-9)
         assert np.linalg.norm(p[:, 3] - c2w[:, 3]) == pytest.approx(0.1, abs=1e-12)
+    with pytest.raises(ValueError, match="pivot"):
+        localize.perturb_pose(c2w, rng, rot_deg=10.0, trans=0.1, pivot="origin")
+
+
+def test_perturb_pose_about_the_world_origin_keeps_the_origin_in_view():
+    """iNeRF's perturbation (R @ pose): the origin keeps its camera-frame coordinates."""
+    rng = np.random.default_rng(3)
+    c2w = look_at([1.0, 0.2, 0.3], [0.1, 0, 0])
+    in_cam = c2w[:, :3].T @ (np.zeros(3) - c2w[:, 3])
+    for deg in (5.0, 40.0):
+        p = localize.perturb_pose(c2w, rng, rot_deg=deg, trans=0.0, pivot="world")
+        assert rigid.rotation_error_deg(p[:, :3], c2w[:, :3]) == pytest.approx(deg, abs=1e-9)
+        np.testing.assert_allclose(p[:, :3].T @ (np.zeros(3) - p[:, 3]), in_cam, atol=1e-12)
+        assert np.linalg.norm(p[:, 3]) == pytest.approx(np.linalg.norm(c2w[:, 3]), abs=1e-12)  # on its orbit
+        q = localize.perturb_pose(c2w, np.random.default_rng(4), rot_deg=deg, trans=0.2, pivot="world")
+        r = localize.perturb_pose(c2w, np.random.default_rng(4), rot_deg=deg, trans=0.0, pivot="world")
+        assert np.linalg.norm(q[:, 3] - r[:, 3]) == pytest.approx(0.2, abs=1e-12)
 
 
 def test_robust_losses_against_closed_forms():
