@@ -46,8 +46,8 @@ def hlo_metadata(compiled_text: str) -> dict[str, str]:
     pat = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
     for line in compiled_text.splitlines():
         m = pat.match(line)
-        if m:
-            out[m.group(1)] = m.group(2)
+        if m:  # kernels are named after their fusion, '.' written as '_' (fusion.12 -> fusion_12)
+            out[m.group(1)] = out[m.group(1).replace(".", "_")] = m.group(2)
     return out
 
 
@@ -86,8 +86,8 @@ def summarize(kernels: list[dict], meta: dict[str, str], n_steps: int):
     stack_of = {}
     for e in kernels:
         args = e.get("args") or {}
-        hlo = args.get("hlo_op") or args.get("long_name", "").split(" ")[0].lstrip("%") or e["name"]
-        op_name = meta.get(hlo, args.get("tf_op", ""))
+        # Inside CUDA graphs hlo_op names the command buffer; the kernel's own name is its fusion's.
+        op_name = meta.get(e["name"]) or meta.get(args.get("hlo_op", ""), "")
         part = part_of(op_name)
         by_part[part] += e["dur"]
         by_kernel[e["name"]] += e["dur"]
@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--keep", help="copy the Perfetto trace (.json.gz, for ui.perfetto.dev) to this file")
+    p.add_argument("--hlo", help="write the compiled step's optimized HLO text to this file")
     args = p.parse_args(argv)
     ns = argparse.Namespace(max_steps=0, chunk=0, blender_settings=False, set=args.set)
     train_ds = train_bench.load_scene(Path(args.data), "train", factor=args.factor)
@@ -116,7 +117,10 @@ def main(argv=None) -> int:
         state, stats = run.step(state, run.data, run.key)
     jax.block_until_ready(stats["loss"])
     try:
-        meta = hlo_metadata(run.step.lower(state, run.data, run.key).compile().as_text())
+        hlo_text = run.step.lower(state, run.data, run.key).compile().as_text()
+        meta = hlo_metadata(hlo_text)
+        if args.hlo:
+            Path(args.hlo).write_text(hlo_text)
     except Exception as exc:  # noqa: BLE001 - the tables still come out, without parts
         print(f"(no HLO metadata: {exc})")
         meta = {}

@@ -272,7 +272,8 @@ class Options:
     refine_focal: bool = False
     pivot: str = "world"  # see apply_twist; "world" (iNeRF) converged better on object-centric scenes.
     n_eval: int = 4096  # evaluation pixels per query (a regular grid of the base-level image).
-    eval_chunk: int = 2048  # evaluation rays per problem per call.
+    eval_chunk: int = 2048  # evaluation rays per problem per call ...
+    eval_rays: int = 65536  # ... and at most this many over all problems (memory bound: 50 queries x 8 restarts).
     min_psnr: float = 20.0  # converged thresholds when `localize` is given none.
     min_ncc: float = 0.3
     seed: int = 0
@@ -298,8 +299,8 @@ class Options:
         need(min(self.lr_rot, self.lr_trans, self.lr_focal) >= 0, "learning rates must be >= 0",
              (self.lr_rot, self.lr_trans, self.lr_focal))
         need(0 < self.lr_final_mult <= 1, "lr_final_mult must be in (0, 1]", self.lr_final_mult)
-        need(self.n_eval >= 1 and self.eval_chunk >= 1, "n_eval and eval_chunk must be >= 1",
-             (self.n_eval, self.eval_chunk))
+        need(min(self.n_eval, self.eval_chunk, self.eval_rays) >= 1, "n_eval, eval_chunk and eval_rays must be >= 1",
+             (self.n_eval, self.eval_chunk, self.eval_rays))
 
 
 def _focal_mask(model_name: str) -> np.ndarray:
@@ -668,11 +669,15 @@ def score_poses(model, params, images: Sequence[np.ndarray], cameras: Sequence[C
 
 
 def _evaluate(fn, params, var, c2w0, qidx, pix, valid, lv: _Level, opts, shard, B, R) -> dict:
-    """{'mse', 'ncc'} [Q, R] of every problem on its query's evaluation grid (chunked over pixels)."""
+    """{'mse', 'ncc'} [Q, R] of every problem on its query's evaluation grid (chunked over pixels).
+
+    Each call renders `chunk` pixels of every problem: at most eval_chunk, and at most
+    eval_rays over all problems, so memory stays bounded however many queries and restarts.
+    """
     q_np = np.asarray(qidx)
     sums = np.zeros((var.shape[0], 5))
     e = pix.shape[1]
-    chunk = min(opts.eval_chunk, e)
+    chunk = max(1, min(opts.eval_chunk, opts.eval_rays // var.shape[0], e))
     n_chunks = math.ceil(e / chunk)
     e_pad = n_chunks * chunk
     pix_p = np.concatenate([pix, np.zeros((pix.shape[0], e_pad - e, 2), np.int32)], axis=1)

@@ -56,6 +56,7 @@ BACKGROUNDS = ("white", "black", "random")
 CONTRACTIONS = ("mipnerf360", "none")
 DENSITY_ACTIVATIONS = ("softplus", "exp", "relu")
 DATA_LOSSES = ("charbonnier", "mse")
+MLP_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,9 @@ class ModelConfig:
     density_bias: float = -1.0  # added to the raw density before the activation.
     rgb_padding: float = 0.001  # colours span [-pad, 1 + pad] so 0 and 1 are reachable.
     weight_init: str = "he_uniform"  # a name in jax.nn.initializers.
+    # Precision of the hidden layers' matmuls and activations ("bfloat16": half the memory
+    # traffic of the small hash-grid MLPs); parameters, the density and colour heads stay float32.
+    mlp_dtype: str = "float32"
     num_glo_features: int = 0  # per-image appearance (GLO) code length; 0 = off.
     # Keyword arguments for hashgrid.HashEncoding as (name, value) pairs; used
     # only with field="hashgrid".
@@ -149,6 +153,7 @@ class ModelConfig:
             f"density_activation must be one of {DENSITY_ACTIVATIONS}",
             self.density_activation,
         )
+        need(self.mlp_dtype in MLP_DTYPES, f"mlp_dtype must be one of {MLP_DTYPES}", self.mlp_dtype)
         need(self.data_loss_type in DATA_LOSSES, f"data_loss_type must be one of {DATA_LOSSES}", self.data_loss_type)
         need(0 <= self.min_deg_point <= self.max_deg_point, "need 0 <= min_deg_point <= max_deg_point",
              (self.min_deg_point, self.max_deg_point))
@@ -260,7 +265,8 @@ class Field(nn.Module):
         Returns (density [..., n], rgb [..., n, 3] or None).
         """
         cfg = self.cfg
-        dense = functools.partial(nn.Dense, kernel_init=getattr(jax.nn.initializers, cfg.weight_init)())
+        head_dense = functools.partial(nn.Dense, kernel_init=getattr(jax.nn.initializers, cfg.weight_init)())
+        dense = functools.partial(head_dense, dtype=jnp.dtype(cfg.mlp_dtype))  # hidden layers
         # Submodules must be created here (inside the compact method).
         hash_encoding = (_hash_encoding(cfg, "hash_encoding", proposal=not self.predict_rgb)
                          if cfg.field == "hashgrid" else None)
@@ -270,7 +276,7 @@ class Field(nn.Module):
             x = nn.relu(dense(self.net_width)(x))
             if cfg.skip_layer > 0 and i > 0 and i % cfg.skip_layer == 0:
                 x = jnp.concatenate([x, inputs], axis=-1)
-        raw_density = dense(1)(x)[..., 0] + cfg.density_bias
+        raw_density = head_dense(1)(x.astype(jnp.float32))[..., 0] + cfg.density_bias
         if cfg.density_activation == "softplus":
             density = jax.nn.softplus(raw_density)
         elif cfg.density_activation == "exp":
@@ -283,7 +289,7 @@ class Field(nn.Module):
         head = []
         if cfg.use_viewdirs or glo_vec is not None:
             if cfg.bottleneck_width > 0:
-                head.append(dense(cfg.bottleneck_width)(x))
+                head.append(dense(cfg.bottleneck_width)(x).astype(jnp.float32))
             batch = x.shape[:-1]
             if cfg.use_viewdirs:
                 enc = coord.pos_enc(viewdirs, min_deg=0, max_deg=cfg.deg_view, append_identity=True)
@@ -293,7 +299,7 @@ class Field(nn.Module):
             x = jnp.concatenate(head, axis=-1)
             for _ in range(cfg.net_depth_viewdirs):
                 x = nn.relu(dense(cfg.net_width_viewdirs)(x))
-        rgb = jax.nn.sigmoid(dense(3)(x))
+        rgb = jax.nn.sigmoid(head_dense(3)(x.astype(jnp.float32)))
         return density, rgb * (1.0 + 2.0 * cfg.rgb_padding) - cfg.rgb_padding
 
 

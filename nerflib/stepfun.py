@@ -19,6 +19,7 @@ above (`lossfun_outer`) and penalises spread-out weights
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,9 @@ def _count(a, v, side: str):
     slower than the rolled loop. Every `jnp.searchsorted` method uses the
     same total order, so the indices are the same.
     """
-    fn = functools.partial(jnp.searchsorted, side=side, method="scan")
+    # DNERF_SEARCHSORTED picks another jnp.searchsorted method, for bench/ only.
+    method = os.environ.get("DNERF_SEARCHSORTED", "scan")
+    fn = functools.partial(jnp.searchsorted, side=side, method=method)
     return jnp.vectorize(fn, signature="(n),(m)->(m)")(a, v)
 
 

@@ -305,6 +305,24 @@ def test_trace_and_restart_selection(analytic_run):
             np.testing.assert_allclose(r["c2w"], last[i, r["restart"]], atol=1e-9)
 
 
+def test_evaluation_is_the_same_in_small_chunks():
+    """eval_rays bounds the rays of one evaluation call over all problems (50 queries x 8 restarts
+    ran out of GPU memory at 2048 each); the figures must not depend on the chunking."""
+    field, cam = AnalyticField(), camera()
+    gt = query_poses(2, seed=3)
+    rng = np.random.default_rng(5)
+    queries = [(f"q{i}", render(field, cam, c), cam, localize.perturb_pose(c, rng, rot_deg=5.0, trans=0.05))
+               for i, c in enumerate(gt)]
+    kw = dict(near=NEAR, far=FAR, iters=2, n_pixels=32, restarts=2, n_eval=64, coarse_to_fine=(1,),
+              progress=False, log=lambda m: None)
+    whole = localize.localize(field, {}, None, queries, eval_rays=10**6, **kw)
+    small = localize.localize(field, {}, None, queries, eval_rays=20, **kw)  # 5 pixels per problem per call
+    for a, b in zip(whole, small):
+        for k in ("psnr", "psnr_start", "gradient_ncc", "gradient_ncc_start"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+        np.testing.assert_allclose(a["c2w"], b["c2w"], atol=1e-9)
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="restarts"):
         localize.Options(restarts=0)
