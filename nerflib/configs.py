@@ -212,12 +212,15 @@ def fast(**overrides) -> Config:
         net_width_viewdirs=64,
         skip_layer=0,
         hashgrid_options=(("num_levels", 16), ("features_per_level", 2), ("log2_table_size", 19),
-                          ("base_resolution", 16), ("max_resolution", 2048)),
+                          ("base_resolution", 16), ("max_resolution", 2048), ("dtype", "bfloat16")),
         # The proposal rounds only shape the sampling: a 5-level 2^17 grid (nerfacto's proposal
         # networks) is 1.45x faster per step than the full grid at the same held-out PSNR
         # (bench/RESULTS.md, call 8).
         prop_hashgrid_options=(("num_levels", 5), ("features_per_level", 2), ("log2_table_size", 17),
-                               ("base_resolution", 16), ("max_resolution", 256)),
+                               ("base_resolution", 16), ("max_resolution", 256), ("dtype", "bfloat16")),
+        # bfloat16 interpolation and hidden layers (tables, parameters and heads stay float32):
+        # 1.14x the rays/s at the same held-out PSNR (H100, bench/RESULTS.md call 12).
+        mlp_dtype="bfloat16",
     )
     base = Config(
         model=model,

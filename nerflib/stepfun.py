@@ -50,16 +50,19 @@ _EPS = float(np.finfo(np.float32).eps)
 def _count(a, v, side: str):
     """Entries of sorted `a` [..., n] that are <= v (side='right') or < v ('left').
 
-    A binary search (a loop of ceil(log2(n + 1)) gathers per query). Not
-    "compare_all": its [..., m, n] comparison tensor becomes one reduction
-    fusion that XLA:GPU turns into a kernel taking minutes to compile (the
-    mip-NeRF 360 sampler searches 64 quantiles in 193 endpoints for 16k rays).
-    Not "scan_unrolled" either: on CPU it compiles 2.5x slower and runs
-    slower than the rolled loop. Every `jnp.searchsorted` method uses the
-    same total order, so the indices are the same.
+    A binary search (ceil(log2(n + 1)) gathers per query). On GPU the loop is
+    unrolled ("scan_unrolled"): the rolled while loop's per-iteration kernels
+    took ~0.6 ms of the `fast` step's 9.2 ms, and unrolled the step trains at
+    2.14 M rays/s instead of 1.84 M (H100, 16384 rays; bench/RESULTS.md call 12). On CPU the
+    rolled loop ("scan") stays: unrolled, it compiled 2.5x slower and ran
+    slower. Not "compare_all": its [..., m, n] comparison tensor becomes one
+    reduction fusion that XLA:GPU turns into a kernel taking minutes to
+    compile (the mip-NeRF 360 sampler searches 64 quantiles in 193 endpoints
+    for 16k rays). Every `jnp.searchsorted` method uses the same total order,
+    so the indices are the same. DNERF_SEARCHSORTED overrides the method
+    (for bench/ comparisons).
     """
-    # DNERF_SEARCHSORTED picks another jnp.searchsorted method, for bench/ only.
-    method = os.environ.get("DNERF_SEARCHSORTED", "scan")
+    method = os.environ.get("DNERF_SEARCHSORTED") or ("scan_unrolled" if jax.default_backend() == "gpu" else "scan")
     fn = functools.partial(jnp.searchsorted, side=side, method=method)
     return jnp.vectorize(fn, signature="(n),(m)->(m)")(a, v)
 

@@ -5,6 +5,7 @@ built once per module and shared by the tests.
 """
 
 import dataclasses
+import functools
 import json
 import sys
 import types
@@ -240,6 +241,35 @@ def test_proposal_fields_can_have_their_own_smaller_grid(shared):
     props = [k for k in params if k.startswith("prop_field")]
     assert props and all(params[k]["hash_encoding"]["tables"].shape == (2, 256, 2) for k in props)
     assert all(params[k]["Dense_0"]["kernel"].shape[0] == 4 for k in props)
+
+
+def test_bfloat16_hidden_layers_keep_parameters_and_heads_in_float32():
+    """mlp_dtype='bfloat16' (the fast preset's): same parameter tree, all float32; outputs within
+    bfloat16 rounding of the float32 model's. (Training through it: test_hashgrid's fast-preset test.)"""
+    opts = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("max_resolution", 64))
+    base = models.model_tiny(field="hashgrid", hashgrid_options=opts)
+    half = models.model_tiny(field="hashgrid", hashgrid_options=opts + (("dtype", "bfloat16"),),
+                             mlp_dtype="bfloat16")
+    rays = models.dummy_rays(base, 16)
+    key = jax.random.PRNGKey(3)
+    m32, m16 = models.make_model(base, num_images=1), models.make_model(half, num_images=1)
+    variables = jax.jit(lambda k: m32.init(k, rays, rng=k, train_frac=0.5))(key)  # eager init is slow
+    v16 = jax.eval_shape(lambda k: m16.init(k, rays, rng=k, train_frac=0.5), key)
+    assert jax.tree.structure(variables) == jax.tree.structure(v16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(v16))
+    # Larger tables than the init range so that the features matter.
+    variables = jax.tree.map(lambda x: x * 1e3 if x.ndim == 3 else x, variables)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def render(model, v):
+        return model.apply(v, rays, rng=None, train_frac=1.0)[0][-1]
+
+    a, b = render(m32, variables), render(m16, variables)
+    assert b["rgb"].dtype == jnp.float32
+    np.testing.assert_allclose(b["rgb"], a["rgb"], atol=2e-2)
+    assert float(jnp.max(jnp.abs(b["rgb"] - a["rgb"]))) > 0  # the bfloat16 path really ran
+    with pytest.raises(ValueError, match="mlp_dtype"):
+        models.model_tiny(mlp_dtype="float16")
 
 
 def test_hashgrid_without_module_fails_clearly(monkeypatch):
