@@ -100,7 +100,8 @@ def run_meta(**extra) -> dict:
         except OSError:
             commit = "?"
     return {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
-            "devices": jax.device_count(), "jax": jax.__version__, "commit": commit or "?",
+            "devices": jax.device_count(), "processes": jax.process_count(), "jax": jax.__version__,
+            "commit": commit or "?",
             "host": platform.node(), "command": " ".join(sys.argv), **extra}
 
 
@@ -218,13 +219,23 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (repeatable; model.x too)")
     p.add_argument("--render-views", type=int, default=0, help="time full-image rendering of this many test views")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--distributed", action="store_true",
+                   help="one of several processes (jax.distributed from DNERF_COORDINATOR, DNERF_NUM_PROCESSES, "
+                        "DNERF_PROCESS_ID, or SLURM): a run's devices count over all processes; no held-out evals")
     args = p.parse_args(argv)
+    if args.distributed:
+        parallel.initialize_distributed()  # before any other JAX call
+        if jax.process_count() > 1:
+            args.eval_at, args.final_eval, args.render_views = [], False, 0
+        if not parallel.is_main_process():  # the others train in step, silently
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            args.out = None
     train_lib.enable_compilation_cache()
     root = Path(args.data)
     train_ds = load_scene(root, "train", factor=args.factor)
     test_ds = load_scene(root, "test", factor=args.factor)
     print(f"{root}: {len(train_ds.names)} training views, {len(test_ds.names)} held out", flush=True)
-    print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
+    print(f"devices: {jax.devices()} in {jax.process_count()} process(es)  jax {jax.__version__}", flush=True)
     results = []
     for spec in args.run:
         preset, batch, *rest = spec.split(":")
