@@ -62,9 +62,10 @@ def load_scene(root: Path, split: str, *, factor: int = 1) -> datasets.Dataset:
     """Blender (transforms_{split}.json) or COLMAP (sparse/0) scene folder."""
     if (root / f"transforms_{split}.json").is_file():
         return load_blender(root, split)
-    if (root / "sparse" / "0").is_dir():
+    if (root / "sparse" / "0").is_dir() or (root / "scene.json").is_file():
         return load_colmap(root, split, factor=factor)
-    raise SystemExit(f"{root}: neither a Blender scene (transforms_train.json) nor a COLMAP project (sparse/0)")
+    raise SystemExit(f"{root}: neither a Blender scene (transforms_train.json) nor a COLMAP project "
+                     "(sparse/0, or its scene.json)")
 
 
 def peak_memory_gb() -> float | None:
