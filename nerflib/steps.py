@@ -23,6 +23,20 @@ def _remove_stale_temps(folder, *, recursive: bool = False, main: bool = True) -
         print(f"removed {path}, a temp file of an interrupted run")
 
 
+def _start_jax_step(folder, *, recursive: bool = False) -> None:
+    """What every JAX step does first: join the other processes (jax.distributed, when several),
+    remove temps a killed run left in `folder` (main process), and turn on the persistent
+    compilation cache so that a rerun does not compile again."""
+    import jax
+
+    from nerflib import parallel
+    from nerflib.train import enable_compilation_cache
+
+    parallel.initialize_distributed()
+    _remove_stale_temps(folder, recursive=recursive, main=jax.process_index() == 0)
+    enable_compilation_cache()
+
+
 def synthetic_scene(out_dir, *, views=60, heldout=8, queries=4, width=320, height=240, seed=0) -> dict:
     """The procedural demo scene: photos, held-out views, query photos, ground truth."""
     from nerflib import synthetic
@@ -120,11 +134,10 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=N
     """Train (or resume) the radiance field of a scene; writes model_dir/final.json last."""
     import jax
 
-    from nerflib import configs, parallel, scene_io
+    from nerflib import configs, scene_io
     from nerflib import train as train_mod
 
-    parallel.initialize_distributed()
-    _remove_stale_temps(model_dir, main=jax.process_index() == 0)
+    _start_jax_step(model_dir)
     # The capture's kind adapts the preset first; the user's overrides win over both.
     base = configs.for_scene(configs.get_preset(preset, factor=int(factor)), scene_io.read_scene_json(scene_json))
     cfg = configs.override(base, **dict(overrides or {}))
@@ -137,13 +150,10 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=N
 
 def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
     """PSNR/SSIM of the held-out views: out_dir/metrics.tsv and out_dir/views/."""
-    import jax
-
     from nerflib import checkpoint, parallel
     from nerflib import evaluate as eval_mod
 
-    parallel.initialize_distributed()
-    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)
+    _start_jax_step(out_dir, recursive=True)
     mesh = parallel.make_mesh()
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     dataset = _load_split(cfg, scene_json, images, split="test")
@@ -155,12 +165,9 @@ def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
 def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(), n_frames=480, fps=60,
            factor=None) -> dict:
     """Videos along a camera path: out_dir/{color,depth,acc}.mp4 and path.json (frames/ kept for resuming)."""
-    import jax
+    from nerflib import video
 
-    from nerflib import parallel, video
-
-    parallel.initialize_distributed()
-    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)  # frames/ too
+    _start_jax_step(out_dir, recursive=True)  # stale temps in frames/ too
     return video.render_path(model_dir, scene_json, out_dir, images=images, path=path, keyframes=list(keyframes),
                              n_frames=int(n_frames), fps=fps, factor=factor)
 
@@ -175,14 +182,9 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
     start='perturbed' is the evaluation mode that starts from the ground truth
     moved by perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
     """
-    import jax
+    from nerflib import localize_step
 
-    from nerflib import localize_step, parallel
-    from nerflib.train import enable_compilation_cache
-
-    parallel.initialize_distributed()
-    _remove_stale_temps(out_dir, recursive=True, main=jax.process_index() == 0)
-    enable_compilation_cache()
+    _start_jax_step(out_dir, recursive=True)
     return localize_step.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
         gt_poses=gt_poses or None, gt_reference=gt_reference or None, sparse_dir=sparse_dir or None,

@@ -365,6 +365,7 @@ class _Reporter:
         self.tb_dir = out_dir / "tb"
         # Events of an earlier run in tb/ (killed, or started over): hide those after this run's start.
         purge = start + 1 if any(self.tb_dir.glob("events.out.tfevents.*")) else None
+        self.tb_files = 0  # event files this process opened: their names sort in the order they were made
         self.writer = _tb_writer(self.tb_dir, purge_step=purge) if (tb and main) else None
         if tb and main and self.writer is None:
             log("tensorboardX is not installed: no TensorBoard scalars")
@@ -401,8 +402,7 @@ class _Reporter:
             # The events up to a checkpoint go to disk with it: a killed run resumes after it and never
             # writes them again. tensorboardX writes from a queue in a thread (flush() does not wait for
             # it, and it flushes every 2 minutes): close() does; the next events go to a new file.
-            self.writer.close()
-            self.writer = _tb_writer(self.tb_dir, suffix=f".{step:09d}")
+            self.writer = self._next_tb_file(None)
         if self.bar is not None:
             self.bar.update(1)
             if step % cfg.print_every == 0:
@@ -413,8 +413,20 @@ class _Reporter:
             self.writer.add_scalar(tag, value, step)
 
     def rewind(self, step: int) -> None:
-        """Forget rows after `step` (after restoring an earlier checkpoint)."""
+        """Forget rows and TensorBoard events after `step` (after restoring an earlier checkpoint)."""
         self.rows[:] = [r for r in self.rows if r["step"] <= step]
+        if self.main:
+            _write_tsv(self.tsv_path, self.rows)
+        if self.writer is not None:  # a new event file whose purge step hides the rewound steps' events
+            self.writer = self._next_tb_file(step + 1)
+
+    def _next_tb_file(self, purge_step: int | None):
+        """Close the event file and open the next. TensorBoard reads a folder's files in name order:
+        tensorboardX names them by the second they were made, so a counter orders the files of one
+        second (a rewind can come seconds after the checkpoint it goes back to)."""
+        self.writer.close()
+        self.tb_files += 1
+        return _tb_writer(self.tb_dir, purge_step=purge_step, suffix=f".{self.tb_files:06d}")
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
@@ -539,9 +551,12 @@ class _Run:
         self.step, self.nan_run = good, 0
         self.report.rewind(good)
 
+    def checkpoint_due(self) -> bool:
+        return self.step % self.cfg.checkpoint_every == 0 or self.step == self.end
+
     def maybe_save(self) -> None:
         """Periodic checkpoint (none inside a non-finite streak, except the last step)."""
-        if self.step % self.cfg.checkpoint_every == 0 or self.step == self.end:
+        if self.checkpoint_due():
             if self.nan_run == 0 or self.step == self.end:
                 self.ckpt.save(self.step, self.state)
 
@@ -581,6 +596,14 @@ class _Run:
                 if stats is None and pending is None:
                     return  # every step up to `end` is done and handled
                 if stats is not None:
+                    if self.checkpoint_due():
+                        # This step's stats go to train.tsv and TensorBoard before its checkpoint
+                        # does: a kill right after the save would otherwise lose them for good (the
+                        # resumed run starts after the checkpoint). One host sync per checkpoint.
+                        restore, pending = self.handle(*pending), None
+                        if restore:
+                            self.recover_from_nans()
+                            continue
                     self.maybe_save()
                     self.maybe_evaluate()
                 if self.step % check_every == 0 or stats is None:

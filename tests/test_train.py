@@ -67,7 +67,7 @@ def _driver(out: Path) -> None:
     result["rest"] = train.train(cfg, ds, out / "resumed", progress=False)
     lines: list[str] = []
     nan_cfg = dataclasses.replace(cfg, debug_nan_steps=(4, 5), nan_patience=2)
-    result["nan"] = train.train(nan_cfg, ds, out / "nan", progress=False, tb=False, log=lines.append)
+    result["nan"] = train.train(nan_cfg, ds, out / "nan", progress=False, log=lines.append)
     result["nan_log"] = lines
     for name in ("full", "resumed", "nan"):
         _, params, step = checkpoint.restore_params(out / name, mesh)
@@ -208,6 +208,10 @@ def test_nan_steps_skipped_then_restore_and_lr_drop(runs):
     assert any(not np.allclose(params[k], full[k]) for k in full)
     lines = (out / "nan" / "train.tsv").read_text().splitlines()[1:]
     assert [int(line.split("\t")[0]) for line in lines] == [1, 2, 3, 4, 5, 6]
+    # TensorBoard shows each step once too: the rewind's new event file hides the NaN steps 4..6.
+    from tbtools import tensorboard_steps
+
+    assert tensorboard_steps(out / "nan" / "tb") == [1, 2, 3, 4, 5, 6]
 
 
 def test_sigterm_saves_checkpoint_and_exits_143(runs, tmp_path, tmp_path_factory):
