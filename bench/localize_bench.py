@@ -1,9 +1,10 @@
-"""Localization success rate against the size of the initial pose error, on a Blender scene.
+"""Localization success rate against the size of the initial pose error, on a Blender or COLMAP scene.
 
 Trains a field (default: the `fast` preset for --train-seconds), then localizes
 every held-out test view from its ground-truth pose perturbed by R degrees
 about a random axis and moved by T % of the scene radius (the largest camera
-distance from the origin, which the Blender sets look at), for each R/T pair
+distance from the origin, which the Blender sets and normalized 360 captures
+look at), for each R/T pair (--repeat starts of each)
 of --perturb, and prints a table: success rate (rotation error < 5 deg and
 position error < 5 % of the radius, the issue's criterion), median errors,
 the share that `localize` flags as converged, and how often that flag is right.
@@ -70,7 +71,10 @@ def inerf_start(c2w, rng: np.random.Generator, max_deg: float = 40.0, max_trans:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="Blender scene folder (transforms_{train,test}.json)")
+    p.add_argument("--data", required=True,
+                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project (sparse/0 or "
+                        "scene.json + images/; normalized as the workflow does, every 8th photo held out)")
+    p.add_argument("--repeat", type=int, default=1, help="sweep: starts per query and magnitude")
     p.add_argument("--preset", default="fast")
     p.add_argument("--batch", type=int, default=16384)
     p.add_argument("--train-seconds", type=float, default=60)
@@ -94,8 +98,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     train_lib.enable_compilation_cache()
     root = Path(args.data)
-    train_ds = train_bench.load_blender(root, "train")
-    test_ds = train_bench.load_blender(root, "test")
+    train_ds = train_bench.load_scene(root, "train")
+    test_ds = train_bench.load_scene(root, "test")
     cfg, model, params, steps = train_field(args, train_ds)
     psnr, ssim = train_bench.held_out_quality(cfg, model, params, test_ds, train_bench.parallel.make_mesh(), 5)
     print(f"field: held-out PSNR {psnr:.2f} dB, SSIM {ssim:.3f} (5 views)", flush=True)
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
                 rot, trans_pct = (float(x) for x in spec.split(":"))
                 starts = [(i, localize.perturb_pose(np.asarray(test_ds.c2w[i], np.float64), rng, rot_deg=rot,
                                                     trans=trans_pct / 100 * radius, pivot=args.pivot))
-                          for i in range(n_q)]
+                          for _ in range(args.repeat) for i in range(n_q)]
                 run_starts(name, options, f"{rot:g} deg / {trans_pct:g} % ({args.pivot} pivot)", starts)
         if "inerf" in args.protocol:
             rng_i = np.random.default_rng(args.seed + 1)

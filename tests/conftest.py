@@ -50,3 +50,25 @@ def data_dir() -> Path:
 def dataset():
     """A function name -> Path of that data set, skipping the test when it is absent."""
     return require_dataset
+
+
+def jax_cache_env(cache: str | os.PathLike) -> dict:
+    """Environment variables that make every JAX process of a workflow use the compilation cache `cache`.
+
+    DNERF_JAX_CACHE reaches the steps that call nerflib.train.enable_compilation_cache
+    (train, localize); JAX_COMPILATION_CACHE_DIR, which enable_compilation_cache keeps,
+    the others too (evaluate, render, report figures). A minimum compile time of 0 caches
+    the many small programs each job compiles (PRNG, sharding, metrics: about 5 s of every
+    job's start on 2 CPU cores) besides the training step and the render function. A cached
+    executable computes what a fresh compile does (test_kill_resume checks a resumed model
+    bitwise against one trained without interruption).
+    """
+    return {"DNERF_JAX_CACHE": str(cache), "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="session")
+def session_jax_cache(tmp_path_factory) -> Path:
+    """One JAX compilation cache folder for the reduced demo runs of the session (test_kill_resume, test_slurm):
+    they compile the same programs (same config, 24 views at 80x60, 60 training steps)."""
+    return tmp_path_factory.mktemp("session_jax_cache")

@@ -103,9 +103,14 @@ from killharness import (  # the harness, split off by concern
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
-def jax_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return {**os.environ, "DNERF_JAX_CACHE": str(cache)}
+def jax_env(session_jax_cache):
+    """Training's compilation cache: the session's, which test_slurm's runs of the same config use next.
+
+    Only DNERF_JAX_CACHE (train; localize is not run): evaluate and render compile
+    in every job, in the reference run as in the passes, so the kill moments drawn
+    from the reference's durations fall inside those jobs.
+    """
+    return {**os.environ, "DNERF_JAX_CACHE": str(session_jax_cache)}
 
 
 @pytest.fixture(scope="module")

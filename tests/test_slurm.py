@@ -4,7 +4,7 @@ A module fixture starts munged, slurmctld and slurmd (Slurm's Debian packages:
 `apt-get install slurm-wlm munge`, which `.ci/run` does as root) with all state
 in temporary folders, from `tests/slurm/slurm.conf.in` and `gres.conf` (two fake
 GPUs, so the profile's GPU requests are scheduled for real). A reduced demo
-(24 views, 40 training steps, 2 video frames, no localization) then runs twice:
+(24 views, 60 training steps, 2 video frames, no localization) then runs twice:
 
   * through SLURM: `snakemake --profile profiles/slurm --profile tests/slurm/profile`,
     i.e. the real profile with the test overlay (status command, polling);
@@ -45,6 +45,7 @@ import pytest
 import yaml
 
 from nerflib import rigid, scene_io
+from conftest import jax_cache_env
 from test_workflow_config import edit_config, write_sheet
 from test_workflow_run import snakemake as snakemake_local
 
@@ -57,11 +58,13 @@ PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontr
 RULES = ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render")  # at least these
 GPU_RULES = ("train", "evaluate", "render")  # gpu=1: set-resources of the profile, or the rule's own
 # A demo small enough for CI (about a minute per run on 2 cores) that SfM still registers every view.
+# test_kill_resume runs the same config first (60 steps: its kill window after the checkpoint at step 20), so
+# the JAX programs of training, evaluation and rendering come from the session's compilation cache here.
 REDUCED = {
     "synthetic.views": 24,
     "synthetic.heldout": 0,
     "synthetic.queries": 0,
-    "train.overrides": {"max_steps": 40, "batch_size": 256, "checkpoint_every": 20, "print_every": 10,
+    "train.overrides": {"max_steps": 60, "batch_size": 256, "checkpoint_every": 20, "print_every": 10,
                         "tb_every": 10},
     "render": {"frames": 2, "fps": 2},
 }
@@ -275,21 +278,22 @@ def test_every_gpu_job_of_the_full_demo_goes_to_the_gpu_partition(cluster, tmp_p
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
+def runs(cluster, tmp_path_factory, session_jax_cache):
     """The reduced demo through SLURM and locally up to training; the SLURM jobs as slurmctld saw them.
 
     The local run's steps without JAX go alongside the SLURM run (which mostly
     waits between status checks); its training after it, from the JAX compile
     cache that the SLURM run filled (not shared while both run: its writes are
-    not atomic).
+    not atomic). That cache is the session's (conftest.session_jax_cache): the
+    training step of this config is there from test_kill_resume already.
     """
-    cache = tmp_path_factory.mktemp("jax_cache")
+    cache = jax_cache_env(session_jax_cache)  # shared with test_kill_resume's runs of the same config
     slurm_dir = _reduced_workdir(tmp_path_factory, "through_slurm")
     local_dir = _reduced_workdir(tmp_path_factory, "local")
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         local_first = pool.submit(snakemake_local, local_dir, *LOCAL_WITHOUT_JAX, timeout=RUN_TIMEOUT_S)
-        result = _slurm_snakemake(cluster, slurm_dir, env={"DNERF_JAX_CACHE": str(cache)})
+        result = _slurm_snakemake(cluster, slurm_dir, env=cache)
         slurm_s = time.monotonic() - start
         jobs = cluster.jobs()  # before MinJobAge (300 s) forgets the finished ones
         local = local_first.result()
@@ -298,9 +302,7 @@ def runs(cluster, tmp_path_factory):
     assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
     # Evaluation and rendering (a JAX compilation each) only through SLURM: their
     # outputs are checked with `snakemake -n` below.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DNERF_JAX_CACHE", str(cache))
-        local = snakemake_local(local_dir, *LOCAL_TARGETS, timeout=RUN_TIMEOUT_S)
+    local = snakemake_local(local_dir, *LOCAL_TARGETS, timeout=RUN_TIMEOUT_S, env=cache)
     assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
     print(f"reduced demo: {slurm_s:.0f} s through SLURM, {time.monotonic() - start:.0f} s in all")
     return {"slurm": slurm_dir, "local": local_dir, "jobs": jobs, "log": result.stdout + result.stderr}
@@ -410,7 +412,7 @@ def test_training_close_to_a_local_run(runs):
     assert finals["slurm"]["final_step"] == finals["local"]["final_step"] == steps
     print(f"training PSNR (last batch): {finals['slurm']['psnr']:.2f} dB through SLURM, "
           f"{finals['local']['psnr']:.2f} dB locally")
-    # 40 steps from slightly different poses: close, not equal.
+    # 60 steps from slightly different poses: close, not equal.
     assert finals["slurm"]["psnr"] == pytest.approx(finals["local"]["psnr"], abs=1.5)
     rows = dict(line.split("\t")[:2] for line in (runs["slurm"] / "results/demo/eval/metrics.tsv").open())
     assert np.isfinite(float(rows["mean"])) and float(rows["mean"]) > 8.0, rows

@@ -8,6 +8,7 @@ against the mean-colour baseline, and the localization of the query photos
 """
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import jax_cache_env
 from nerflib import images, rigid, scene_io
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +27,16 @@ RENDER_FRAMES, RENDER_FPS = 24, 12
 ALLOWED_TOP_LEVEL = {"config", "results", "logs", "resources", "benchmarks", ".snakemake"}
 
 
-def snakemake(workdir, *args, timeout=1800):
+def snakemake(workdir, *args, timeout=1800, env=None):
+    """`snakemake --cores 2` in workdir; env: variables added to this process's environment."""
     return subprocess.run(
         [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, session_jax_cache):
     workdir = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "config", workdir / "config")
     cfg_path = workdir / "config" / "config.yaml"
@@ -43,7 +46,8 @@ def demo_run(tmp_path_factory):
     cfg["localize"] = {**cfg.get("localize", {}), "start": "perturbed", "perturb_rot_deg": 10.0,
                        "perturb_radius_fraction": 0.1}
     cfg_path.write_text(yaml.safe_dump(cfg))
-    result = snakemake(workdir)
+    # One compilation cache for all jobs: evaluate, render, localize and the report figures share programs.
+    result = snakemake(workdir, env=jax_cache_env(session_jax_cache))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
 
