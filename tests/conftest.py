@@ -56,8 +56,8 @@ def jax_cache_env(cache: str | os.PathLike) -> dict:
     """Environment variables that make every JAX process of a workflow use the compilation cache `cache`.
 
     DNERF_JAX_CACHE reaches the steps that call nerflib.train.enable_compilation_cache
-    (train, localize); JAX_COMPILATION_CACHE_DIR, which enable_compilation_cache keeps,
-    the others too (evaluate, render, report figures). A minimum compile time of 0 caches
+    (train, evaluate, render, localize); JAX_COMPILATION_CACHE_DIR, which
+    enable_compilation_cache keeps, any other JAX process too. A minimum compile time of 0 caches
     the many small programs each job compiles (PRNG, sharding, metrics: about 5 s of every
     job's start on 2 CPU cores) besides the training step and the render function. A cached
     executable computes what a fresh compile does (test_kill_resume checks a resumed model
@@ -69,6 +69,20 @@ def jax_cache_env(cache: str | os.PathLike) -> dict:
 
 @pytest.fixture(scope="session")
 def session_jax_cache(tmp_path_factory) -> Path:
-    """One JAX compilation cache folder for the reduced demo runs of the session (test_kill_resume, test_slurm):
-    they compile the same programs (same config, 24 views at 80x60, 60 training steps)."""
-    return tmp_path_factory.mktemp("session_jax_cache")
+    """The JAX compilation cache of the workflow runs of a test session (test_kill_resume, test_slurm,
+    test_workflow_run): the folder nerflib.train.enable_compilation_cache uses, $DNERF_JAX_CACHE or
+    ~/.cache/dnerf/jax (a temporary folder where that is off or cannot be made).
+
+    test_kill_resume and test_slurm run the same reduced demo (24 views at 80x60; 60 and 40
+    training steps) and so compile the same programs for evaluate and render; a cache kept
+    between sessions serves them all again.
+    """
+    value = os.environ.get("DNERF_JAX_CACHE", "~/.cache/dnerf/jax")
+    if value.strip().lower() not in ("", "off", "0", "none", "false"):
+        folder = Path(value).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            pass
+    return tmp_path_factory.mktemp("jax_cache")

@@ -104,12 +104,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def jax_env(session_jax_cache):
-    """Training's compilation cache: the session's, which test_slurm's runs of the same config use next.
-
-    Only DNERF_JAX_CACHE (train; localize is not run): evaluate and render compile
-    in every job, in the reference run as in the passes, so the kill moments drawn
-    from the reference's durations fall inside those jobs.
-    """
+    """The session's JAX compilation cache (conftest.session_jax_cache), which test_slurm's runs of the same
+    config use next. Only DNERF_JAX_CACHE, as before it was shared: the steps' own minimum compile time."""
     return {**os.environ, "DNERF_JAX_CACHE": str(session_jax_cache)}
 
 

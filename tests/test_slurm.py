@@ -4,7 +4,7 @@ A module fixture starts munged, slurmctld and slurmd (Slurm's Debian packages:
 `apt-get install slurm-wlm munge`, which `.ci/run` does as root) with all state
 in temporary folders, from `tests/slurm/slurm.conf.in` and `gres.conf` (two fake
 GPUs, so the profile's GPU requests are scheduled for real). A reduced demo
-(24 views, 60 training steps, 2 video frames, no localization) then runs twice:
+(24 views, 40 training steps, 2 video frames, no localization) then runs twice:
 
   * through SLURM: `snakemake --profile profiles/slurm --profile tests/slurm/profile`,
     i.e. the real profile with the test overlay (status command, polling);
@@ -58,13 +58,11 @@ PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontr
 RULES = ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render")  # at least these
 GPU_RULES = ("train", "evaluate", "render")  # gpu=1: set-resources of the profile, or the rule's own
 # A demo small enough for CI (about a minute per run on 2 cores) that SfM still registers every view.
-# test_kill_resume runs the same config first (60 steps: its kill window after the checkpoint at step 20), so
-# the JAX programs of training, evaluation and rendering come from the session's compilation cache here.
 REDUCED = {
     "synthetic.views": 24,
     "synthetic.heldout": 0,
     "synthetic.queries": 0,
-    "train.overrides": {"max_steps": 60, "batch_size": 256, "checkpoint_every": 20, "print_every": 10,
+    "train.overrides": {"max_steps": 40, "batch_size": 256, "checkpoint_every": 20, "print_every": 10,
                         "tb_every": 10},
     "render": {"frames": 2, "fps": 2},
 }
@@ -285,7 +283,7 @@ def runs(cluster, tmp_path_factory, session_jax_cache):
     waits between status checks); its training after it, from the JAX compile
     cache that the SLURM run filled (not shared while both run: its writes are
     not atomic). That cache is the session's (conftest.session_jax_cache): the
-    training step of this config is there from test_kill_resume already.
+    programs of evaluate and render are there from test_kill_resume already.
     """
     cache = jax_cache_env(session_jax_cache)  # shared with test_kill_resume's runs of the same config
     slurm_dir = _reduced_workdir(tmp_path_factory, "through_slurm")
@@ -412,7 +410,7 @@ def test_training_close_to_a_local_run(runs):
     assert finals["slurm"]["final_step"] == finals["local"]["final_step"] == steps
     print(f"training PSNR (last batch): {finals['slurm']['psnr']:.2f} dB through SLURM, "
           f"{finals['local']['psnr']:.2f} dB locally")
-    # 60 steps from slightly different poses: close, not equal.
+    # 40 steps from slightly different poses: close, not equal.
     assert finals["slurm"]["psnr"] == pytest.approx(finals["local"]["psnr"], abs=1.5)
     rows = dict(line.split("\t")[:2] for line in (runs["slurm"] / "results/demo/eval/metrics.tsv").open())
     assert np.isfinite(float(rows["mean"])) and float(rows["mean"]) > 8.0, rows
