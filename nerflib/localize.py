@@ -303,6 +303,12 @@ class Options:
              (self.n_eval, self.eval_chunk, self.eval_rays))
 
 
+def _levels_model(cameras, factors) -> str:
+    """The one camera model of every level: downsampling a size that the factor does not divide
+    scales x and y differently, which a single-focal model (SIMPLE_PINHOLE, ...) cannot express."""
+    return cam_lib.common_model([cam_lib.scale_camera(c, int(f)) for c in cameras for f in sorted(set(factors))])
+
+
 def _focal_mask(model_name: str) -> np.ndarray:
     """[P] float: 1 where the camera parameter is a focal length."""
     return np.array([n in ("f", "fx", "fy") for n in CAMERA_MODELS[model_name]], np.float32)
@@ -495,7 +501,7 @@ def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None
         if (cam.width, cam.height) != (im.shape[1], im.shape[0]):
             raise ValueError(f"query {name}: camera is {cam.width}x{cam.height} but the image is "
                              f"{im.shape[1]}x{im.shape[0]}; scale the camera to the photo (cameras.scale_camera)")
-    model_name = cam_lib.common_model(cameras)
+    model_name = _levels_model(cameras, [factor * m for m in (1, *opts.coarse_to_fine)])
     rng = np.random.default_rng(opts.seed)
 
     # Problems: restart r of query q is problem q * R + r; restart 0 is the start itself.
@@ -650,7 +656,7 @@ def score_poses(model, params, images: Sequence[np.ndarray], cameras: Sequence[C
     if n == 0:
         return {"mse": np.zeros(0), "psnr": np.zeros(0), "ncc": np.zeros(0)}
     images = [np.asarray(im, np.float32) for im in images]
-    model_name = cam_lib.common_model(list(cameras))
+    model_name = _levels_model(list(cameras), [factor])
     mesh = parallel.make_mesh() if mesh is None else mesh
     shard, rep = NamedSharding(mesh, P(parallel.DATA_AXIS)), NamedSharding(mesh, P())
     n_pad = math.ceil(max(n, problems or 0) / mesh.devices.size) * mesh.devices.size

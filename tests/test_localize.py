@@ -323,6 +323,20 @@ def test_evaluation_is_the_same_in_small_chunks():
         np.testing.assert_allclose(a["c2w"], b["c2w"], atol=1e-9)
 
 
+def test_levels_whose_factor_does_not_divide_the_photo_keep_one_camera_model():
+    """A SIMPLE_PINHOLE 64x46 photo at x4 is 16x11: x and y scale differently, so every level
+    runs as PINHOLE (this raised 'cannot express ... as SIMPLE_PINHOLE' on the real cup at x16)."""
+    field = AnalyticField()
+    c = camera()
+    cam = Camera("SIMPLE_PINHOLE", 64, 46, (c.params[0], 32.0, 23.0))
+    gt = query_poses(1, seed=2)[0]
+    start = localize.perturb_pose(gt, np.random.default_rng(1), rot_deg=3.0, trans=0.03)
+    res = localize.localize(field, {}, None, [("q", render(field, cam, gt), cam, start)], near=NEAR, far=FAR,
+                            iters=40, n_pixels=64, restarts=1, coarse_to_fine=(4, 1), n_eval=256,
+                            progress=False, log=lambda m: None)
+    assert rigid.rotation_error_deg(res[0]["c2w"][:, :3], gt[:, :3]) < 3.0
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="restarts"):
         localize.Options(restarts=0)
