@@ -70,19 +70,8 @@ def jax_cache_env(cache: str | os.PathLike) -> dict:
 @pytest.fixture(scope="session")
 def session_jax_cache(tmp_path_factory) -> Path:
     """The JAX compilation cache of the workflow runs of a test session (test_kill_resume, test_slurm,
-    test_workflow_run): the folder nerflib.train.enable_compilation_cache uses, $DNERF_JAX_CACHE or
-    ~/.cache/dnerf/jax (a temporary folder where that is off or cannot be made).
-
-    test_kill_resume and test_slurm run the same reduced demo (24 views at 80x60; 60 and 40
-    training steps) and so compile the same programs for evaluate and render; a cache kept
-    between sessions serves them all again.
+    test_workflow_run): one temporary folder for the session, so that the runs share what they
+    compile (the same reduced demo's evaluate and render programs) while a test session never reads
+    or writes the user's own cache (~/.cache/dnerf/jax), and a killed write cannot outlive it.
     """
-    value = os.environ.get("DNERF_JAX_CACHE", "~/.cache/dnerf/jax")
-    if value.strip().lower() not in ("", "off", "0", "none", "false"):
-        folder = Path(value).expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        except OSError:
-            pass
     return tmp_path_factory.mktemp("jax_cache")

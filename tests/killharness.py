@@ -9,7 +9,6 @@ import os
 import random
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import yaml
 
 from nerflib import fileio, rigid, scene_io
+from tbtools import tensorboard_steps
 from test_slurm import REDUCED, _files, _reduced_workdir
 from test_workflow_config import edit_config
 
@@ -525,26 +525,6 @@ def compare_with_reference(run: Pass, ref: dict, tmp: Path, env: dict) -> list[s
         problems.append(f"Snakemake still marks outputs incomplete: {sorted(p.name for p in incomplete.iterdir())}")
     problems += same_model_as_uninterrupted_training(work, tmp, env)
     return problems
-
-
-def tensorboard_steps(tb_dir: Path, tag: str = "train/loss") -> list[int]:
-    """Steps of `tag` that TensorBoard shows: event files in order, a SessionLog START at step P (a
-    resumed run's purge_step) hides the earlier files' events from step P on."""
-    from tensorboardX.proto import event_pb2
-
-    steps: list[int] = []
-    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
-        data, i = path.read_bytes(), 0
-        while i + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[i:i + 8])
-            event = event_pb2.Event()
-            event.ParseFromString(data[i + 12:i + 12 + length])
-            i += 12 + length + 4
-            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-                steps = [s for s in steps if s < event.step]
-            elif event.HasField("summary") and any(v.tag == tag for v in event.summary.value):
-                steps.append(event.step)
-    return steps
 
 
 def same_model_as_uninterrupted_training(workdir: Path, tmp: Path, env: dict) -> list[str]:
