@@ -419,6 +419,9 @@ class _Reporter:
             _write_tsv(self.tsv_path, self.rows)
         if self.writer is not None:  # a new event file whose purge step hides the rewound steps' events
             self.writer = self._next_tb_file(step + 1)
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
 
     def _next_tb_file(self, purge_step: int | None):
         """Close the event file and open the next. TensorBoard reads a folder's files in name order:
@@ -427,9 +430,6 @@ class _Reporter:
         self.writer.close()
         self.tb_files += 1
         return _tb_writer(self.tb_dir, purge_step=purge_step, suffix=f".{self.tb_files:06d}")
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
