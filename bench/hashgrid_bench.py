@@ -29,11 +29,19 @@ Measured on one H100 80GB HBM3, jax 0.11.2, L = 16, T = 2^19, F = 2 (ms):
   stacked         262144  0.51     1.15     229
 The backward's scatter-add (atomics, ~0.65 ms per level at 4M points) is about
 two thirds of forward+backward.
+
+--scatter-only times that scatter alone (the table gradient from given points and
+cotangents), for all levels together and level by level, as XLA emits it and as
+bench/pallas_scatter.py's fused Pallas kernel does it (float32 at several block
+sizes, and float16 accumulation with a x1024 scale), with corner updates per
+second (points x levels x 8 corners / time) and the largest difference from XLA's
+gradient. bench/RESULTS.md, call 17, has the H100 table: neither kernel is faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -44,6 +52,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from nerflib import hashgrid  # noqa: E402
+
+import pallas_scatter  # noqa: E402  (bench/, beside this file)
 
 VARIANTS = ("stacked", "stacked_dx", "stacked_bf16", "autodiff", "per_level")
 
@@ -175,6 +185,46 @@ def check_variants_agree(n_points=4096, log2_table_size=19):
     return worst
 
 
+def bench_scatter(n_points, *, levels="all", log2_table_size=19, blocks=(64, 128, 256), repeats=30):
+    """Time the table-gradient scatter alone: XLA against the Pallas kernel; table rows (dicts)."""
+    full = tuple(int(r) for r in hashgrid.level_resolutions(num_levels=16, base_resolution=16, max_resolution=2048))
+    t = 2**log2_table_size
+    dense = hashgrid._max_dense_stride(t)
+    key = jax.random.PRNGKey(0)
+    x = jax.random.uniform(key, (n_points, 3))
+    cases = [("all 16 levels", full)] + [
+        (f"level {i} (n={r})", (r,)) for i, r in enumerate(full) if levels == "each" or i in (0, 8, 15)
+    ]
+    rows = []
+    for name, res in cases:
+        g = jax.random.normal(jax.random.fold_in(key, 1), (n_points, len(res), 2))
+
+        def xla(x, g, res=res):
+            cell, frac, _ = hashgrid._cells(x, res)
+            corners = cell[:, :, None, :] + jnp.asarray(hashgrid.CORNER_OFFSETS, jnp.uint32)
+            rows_ = hashgrid._level_rows(corners, res, t)
+            w = hashgrid._corner_weights(frac)
+            upd = w[..., None] * g[:, :, None, :]
+            return jnp.zeros((len(res) * t, 2)).at[rows_].add(upd, mode="promise_in_bounds")
+
+        def pallas(x, g, res=res, block=None, acc=jnp.float32, scale=1.0):
+            d = pallas_scatter.table_gradient(x, g * scale, resolutions=res, table_size=t, max_dense_stride=dense,
+                                              block=block, accumulate=acc)
+            return d.astype(jnp.float32) / scale
+
+        fns = {"xla": jax.jit(xla)}
+        fns |= {f"pallas f32 block {b}": jax.jit(functools.partial(pallas, block=b)) for b in blocks}
+        fns["pallas f16 (x1024) block 128"] = jax.jit(
+            functools.partial(pallas, block=128, acc=jnp.float16, scale=1024.0))
+        ref = fns["xla"](x, g)
+        for label, fn in fns.items():
+            ms = _median_ms(fn, [(x, g)] * 2, repeats)
+            diff = float(jnp.abs(fn(x, g) - ref).max())
+            rows.append(dict(case=name, scatter=label, n_points=n_points, ms=ms,
+                             g_updates_per_s=n_points * len(res) * 8 / ms / 1e6, max_diff=diff))
+    return rows
+
+
 def dump_hlo(out_dir, variants, n_points, log2_table_size):
     """Optimized HLO of forward+backward per variant, and a count of its fusions."""
     os.makedirs(out_dir, exist_ok=True)
@@ -201,9 +251,22 @@ def main(argv=None):
     p.add_argument("--log2-table-size", type=int, default=19)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--dump-hlo", metavar="DIR", help="write optimized HLO of each variant here")
+    p.add_argument("--scatter-only", action="store_true",
+                   help="time the table-gradient scatter alone, XLA vs the Pallas kernel (GPU)")
+    p.add_argument("--levels", choices=["all", "each"], default="all",
+                   help="--scatter-only: levels 0, 8, 15 alone ('all') or every level alone ('each')")
     args = p.parse_args(argv)
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    if args.scatter_only:
+        print("| case | scatter | points | ms | G corner updates/s | max abs diff from XLA |")
+        print("|---|---|---|---|---|---|")
+        for n in args.n_points:
+            for r in bench_scatter(n, levels=args.levels, log2_table_size=args.log2_table_size,
+                                   repeats=args.repeats):
+                print(f"| {r['case']} | {r['scatter']} | {r['n_points']} | {r['ms']:.3f} | "
+                      f"{r['g_updates_per_s']:.1f} | {r['max_diff']:.1e} |", flush=True)
+        return
     if args.dump_hlo:
         dump_hlo(args.dump_hlo, args.variants.split(","), args.n_points[0], args.log2_table_size)
     print(f"variants agree to {check_variants_agree():.2e} (max abs, features and d/dtables)")

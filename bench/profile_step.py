@@ -108,7 +108,13 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--keep", help="copy the Perfetto trace (.json.gz, for ui.perfetto.dev) to this file")
     p.add_argument("--hlo", help="write the compiled step's optimized HLO text to this file")
+    p.add_argument("--pallas-scatter", action="store_true",
+                   help="the hash grids' table gradients from bench/pallas_scatter.py's kernel (an experiment)")
     args = p.parse_args(argv)
+    if args.pallas_scatter:
+        import pallas_scatter
+
+        pallas_scatter.patch_encode()
     ns = argparse.Namespace(max_steps=0, chunk=0, blender_settings=False, set=args.set)
     train_ds = train_bench.load_scene(Path(args.data), "train", factor=args.factor)
     run = train_bench.setup(args.preset, args.batch, 1, ns, train_ds)
