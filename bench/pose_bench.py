@@ -7,8 +7,18 @@ options, times each stage, and compares the two models: images registered,
 colmap's after a similarity alignment (median rotation error, median camera
 position error in % of the camera rig's radius). Prints a Markdown table.
 
-    python bench/pose_bench.py --images $DNERF_DATA/mipnerf360_bonsai_800 --matcher sequential \
-        --threads 1 --parallel --out /tmp/pose_bench
+Each stage gets its wall-clock seconds and its CPU seconds (user + system, all
+threads): getrusage(RUSAGE_SELF) deltas around our stages (run_sfm's on_stage
+hook), getrusage(RUSAGE_CHILDREN) deltas around each `colmap` command (the
+`colmap` processes are this script's only children, so this holds with
+--parallel too; ours then also counts this script's other thread, which waits
+on colmap and reads its model: well under a second). With --threads 1 the CPU seconds hardly depend on the machine's
+load, so they compare the tools on a busy machine where wall times do not.
+out/results.json is rewritten as each stage ends ("complete": false until the
+end), so an interrupted run still leaves the stages it finished.
+
+    python bench/pose_bench.py --images $DNERF_DATA/mipnerf360_bonsai_800/images --matcher sequential \
+        --threads 1 --out /tmp/pose_bench
 
 --parallel runs both tools at the same time, so a busy machine slows both alike
 (use it with --threads 1 on a 2-core machine). Needs pycolmap and the `colmap`
@@ -21,10 +31,13 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,8 +53,45 @@ def colmap_version() -> str:
     return next((line.strip() for line in out.splitlines() if "COLMAP" in line), "colmap ?")
 
 
-def run_colmap(images: Path, work: Path, args) -> dict:
-    """The three colmap commands; {stage: seconds} and the model folder."""
+STAGES = ("extraction", "matching", "mapping")
+
+
+def cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF, all threads) or its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Recorder:
+    """The results so far, written to `path` (atomically) after every stage, so a partial run still has figures."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta, self.rows, self.complete = path, meta, {}, False
+        self.lock = threading.Lock()  # --parallel: two tools report at once
+
+    def stage(self, tool: str, stage: str, wall: float, cpu: float) -> None:
+        with self.lock:
+            row = self.rows.setdefault(tool, {"timings": {}, "cpu": {}})
+            row["timings"][f"{stage}_s"], row["cpu"][f"{stage}_s"] = wall, cpu
+            self._write()
+
+    def update(self, tool: str, **fields) -> None:
+        with self.lock:
+            self.rows.setdefault(tool, {"timings": {}, "cpu": {}}).update(fields)
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "complete": self.complete, "results": self.rows},
+                                  indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def run_colmap(images: Path, work: Path, args, record) -> dict:
+    """The three colmap commands, one after the other; the model folder.
+
+    record(stage, wall_s, cpu_s) after each; cpu_s from RUSAGE_CHILDREN, so nothing
+    else of this process may end a child process meanwhile."""
     work.mkdir(parents=True, exist_ok=True)
     db, sparse = work / "database.db", work / "sparse"
     sparse.mkdir(exist_ok=True)
@@ -59,25 +109,39 @@ def run_colmap(images: Path, work: Path, args) -> dict:
         "mapping_s": ["mapper", "--database_path", db, "--image_path", images, "--output_path", sparse,
                       "--Mapper.num_threads", t],
     }
-    timings = {}
-    start = time.perf_counter()
+    start, cpu_total = time.perf_counter(), 0.0
     for stage, command in stages.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         with open(work / f"{stage[:-2]}.log", "w") as log:
             subprocess.run(["colmap", *map(str, command)], check=True, stdout=log, stderr=subprocess.STDOUT)
-        timings[stage] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - start
+        cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
+        cpu_total += cpu
+        record(stage[:-2], time.perf_counter() - t0, cpu)
+    record("total", time.perf_counter() - start, cpu_total)
     models = sorted((p for p in sparse.iterdir() if (p / "images.bin").is_file()),
                     key=lambda p: len(scene_io.read_colmap(p, image_dir=images, check_images=False)))
-    return {"timings": timings, "model": models[-1] if models else None}
+    return {"model": models[-1] if models else None}
 
 
-def run_ours(images: Path, work: Path, args) -> dict:
+def run_ours(images: Path, work: Path, args, record) -> dict:
+    """nerflib.sfm.run_sfm; record(stage, wall_s, cpu_s) after each stage, cpu_s from RUSAGE_SELF."""
+    starts = {}
+
+    def on_stage(stage: str, event: str) -> None:
+        now = (time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF))
+        if event == "start":
+            starts[stage] = now
+            starts.setdefault("total", now)
+        else:
+            record(stage, now[0] - starts[stage][0], now[1] - starts[stage][1])
+            if stage == STAGES[-1]:  # extraction start to mapping end
+                record("total", now[0] - starts["total"][0], now[1] - starts["total"][1])
+
     summary = sfm.run_sfm(images, work, camera_model=args.camera_model, matcher=args.matcher, overlap=args.overlap,
                           threads=args.threads, max_image_size=args.max_image_size,
                           max_num_features=args.max_features, sift_first_octave=-1, gpu=False,
-                          min_registered_fraction=0.0, log=lambda m: None)
-    return {"timings": summary["timings"], "model": work / "sparse" / "0", "summary": summary}
+                          min_registered_fraction=0.0, log=lambda m: None, on_stage=on_stage)
+    return {"model": work / "sparse" / "0", "summary": summary}
 
 
 def model_stats(model: Path, images: Path) -> dict:
@@ -114,46 +178,65 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if shutil.which("colmap") is None:
         raise SystemExit("the `colmap` program is not installed (Debian: apt-get install colmap)")
+    import pycolmap
+
     images, out = Path(args.images), Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    jobs = {"ours (pycolmap, in process)": lambda: run_ours(images, out / "ours", args),
-            "colmap CLI": lambda: run_colmap(images, out / "colmap", args)}
-    if args.parallel:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            futures = {name: pool.submit(job) for name, job in jobs.items()}
-            results = {name: f.result() for name, f in futures.items()}
-    else:
-        results = {name: job() for name, job in jobs.items()}
+    out.mkdir(parents=True)
     n = len([f for f in images.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png")])
-    import pycolmap
+    meta = {"date": datetime.date.today().isoformat(), "host": platform.node(), "cpus": os.cpu_count(),
+            "pycolmap": pycolmap.__version__, "colmap": colmap_version(), "command": " ".join(sys.argv),
+            "images": n, "parallel": args.parallel}
+    print(meta, flush=True)
+    rec = Recorder(out / "results.json", meta)
+    runners = {"ours (pycolmap, in process)": lambda record: run_ours(images, out / "ours", args, record),
+               "colmap CLI": lambda record: run_colmap(images, out / "colmap", args, record)}
 
-    meta = {"date": datetime.date.today().isoformat(), "host": platform.node(), "cpus": __import__("os").cpu_count(),
-            "pycolmap": pycolmap.__version__, "colmap": colmap_version(), "command": " ".join(sys.argv)}
-    print(meta)
-    print(f"\n{images}: {n} photos; matcher {args.matcher} (overlap {args.overlap}), {args.camera_model}, one camera, "
-          f"{args.threads} thread(s) each, max image size {args.max_image_size}, {args.max_features} features, CPU"
-          f"{', both tools at once' if args.parallel else ''}\n")
-    print("| tool | extraction (s) | matching (s) | mapping (s) | total (s) | registered | points | reproj. error (px) |")
-    print("|---|---|---|---|---|---|---|---|")
-    rows = {}
-    for name, r in results.items():
+    def job(name):
+        """One tool; its model's statistics recorded as soon as it ends. None if it failed."""
+        try:
+            r = runners[name](lambda stage, wall, cpu: rec.stage(name, stage, wall, cpu))
+        except Exception as e:  # noqa: BLE001 - keep the other tool's figures
+            rec.update(name, error=f"{type(e).__name__}: {e}")
+            print(f"{name} failed: {e}", file=sys.stderr, flush=True)
+            return None
         stats = model_stats(r["model"], images) if r["model"] else {"registered": 0, "points": 0,
                                                                        "reprojection_px": float("nan")}
-        tm = r["timings"]
-        rows[name] = {**stats, "timings": tm}
-        print(f"| {name} | {tm['extraction_s']:.1f} | {tm['matching_s']:.1f} | {tm['mapping_s']:.1f} | "
-              f"{tm['total_s']:.1f} | {stats['registered']}/{n} | {stats['points']:,} | "
-              f"{stats['reprojection_px']:.3f} |")
-    models = [r["model"] for r in results.values()]
-    if all(models):
-        agree = pose_agreement(models[0], models[1], images)
-        rows["agreement"] = agree
+        rec.update(name, **stats)
+        return r["model"]
+
+    if args.parallel:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = {name: pool.submit(job, name) for name in runners}
+            models = {name: f.result() for name, f in futures.items()}
+    else:
+        models = {name: job(name) for name in runners}
+
+    print(f"\n{images}: {n} photos; matcher {args.matcher} (overlap {args.overlap}), {args.camera_model}, one camera, "
+          f"{args.threads} thread(s) each, max image size {args.max_image_size}, {args.max_features} features, CPU"
+          f"{', both tools at once' if args.parallel else ''}; wall-clock and CPU (user + system) seconds\n")
+    cols = [f"{s} (s)" for s in (*STAGES, "total")] + [f"{s} CPU (s)" for s in (*STAGES, "total")]
+    print("| tool | " + " | ".join(cols) + " | registered | points | reproj. error (px) |")
+    print("|---|" + "---|" * (len(cols) + 3))
+    for name in runners:
+        row = rec.rows.get(name, {"timings": {}, "cpu": {}})
+        cells = [row[kind].get(f"{s}_s") for kind in ("timings", "cpu") for s in (*STAGES, "total")]
+        cells = ["-" if c is None else f"{c:.1f}" for c in cells]
+        if "registered" in row:
+            cells += [f"{row['registered']}/{n}", f"{row['points']:,}", f"{row['reprojection_px']:.3f}"]
+        else:
+            cells += ["-", "-", "-"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if all(models.values()):
+        agree = pose_agreement(*models.values(), images)
+        rec.rows["agreement"] = agree
         print(f"\nour poses vs colmap's after a similarity alignment ({agree['common']} common images): median "
               f"rotation {agree['rotation_deg']:.3f} deg, median position {agree['position_pct']:.3f} % of the radius")
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1, default=str))
-    return 0
-
+    with rec.lock:
+        rec.complete = True
+        rec._write()
+    return 0 if all(models.values()) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -442,6 +442,7 @@ def run_sfm(
     keep_database: bool = True,
     summary_path: str | os.PathLike | None = None,
     log: Callable[[str], object] = print,
+    on_stage: Callable[[str, str], object] | None = None,
 ) -> dict:
     """Estimate camera poses and intrinsics of the photos in `image_dir` with COLMAP.
 
@@ -470,6 +471,9 @@ def run_sfm(
     min_registered_fraction: fewer registered photos than this raises SfMError.
     gpu          : "auto" (SIFT on the GPU if pycolmap has CUDA), True, False.
     seed         : COLMAP's random seed (runs are repeatable up to thread timing).
+    on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
+                   "end") right around each timed stage ("extraction", "matching",
+                   "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
 
     Returns the summary dict (also written to `summary_path`, default
     out_dir/poses/summary.json): total, registered, registered_fraction,
@@ -523,17 +527,24 @@ def run_sfm(
     _remove_stale_work_dirs(out_dir, log)
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=WORK_PREFIX))
     timings: dict[str, float] = {}
+
+    def stage(name: str, event: str) -> None:
+        if on_stage is not None:
+            on_stage(name, event)
+
     t_start = time.perf_counter()
     try:
         database = work / "database.db"
         pycolmap.set_random_seed(seed)
 
         # 1. Features.
+        stage("extraction", "start")
         t0 = time.perf_counter()
         _extract(database, image_dir, names, camera_model=camera_model, single_camera=single_camera,
                  threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
                  first_octave=first_octave, use_gpu=use_gpu)
         timings["extraction_s"] = time.perf_counter() - t0
+        stage("extraction", "end")
         with contextlib.closing(pycolmap.Database.open(database)) as db:
             n_db, n_kp, n_cams = db.num_images(), db.num_keypoints(), db.num_cameras()
         log(
@@ -544,6 +555,7 @@ def run_sfm(
             log(f"[sfm] WARNING: COLMAP could not read {n - n_db} of the {n} images (see its log above)")
 
         # 2. Matches.
+        stage("matching", "start")
         t0 = time.perf_counter()
         matching = pycolmap.FeatureMatchingOptions()
         matching.num_threads = threads
@@ -566,6 +578,7 @@ def run_sfm(
             pairing.num_threads = threads
             pycolmap.match_vocabtree(database, matching_options=matching, pairing_options=pairing, device=device)
         timings["matching_s"] = time.perf_counter() - t0
+        stage("matching", "end")
         with contextlib.closing(pycolmap.Database.open(database)) as db:
             n_pairs = db.num_matched_image_pairs()
             # num_verified_image_pairs() also counts pairs that failed verification
@@ -578,6 +591,7 @@ def run_sfm(
         )
 
         # 3. Incremental mapping; keep the model with the most registered images.
+        stage("mapping", "start")
         t0 = time.perf_counter()
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = threads
@@ -588,6 +602,7 @@ def run_sfm(
         models_dir.mkdir()
         models = pycolmap.incremental_mapping(database, image_dir, models_dir, options)
         timings["mapping_s"] = time.perf_counter() - t0
+        stage("mapping", "end")
         counts = {int(k): int(rec.num_reg_images()) for k, rec in models.items()}
         log(
             f"[sfm] mapping: {len(models)} model(s) with {sorted(counts.values(), reverse=True)} "

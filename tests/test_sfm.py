@@ -149,11 +149,13 @@ def test_failed_sfm_leaves_earlier_results(tmp_path):
 def test_sequential_matcher_runs(tmp_path):
     """The sequential pairing path (options, call) runs; noise still gives no model."""
     images = _noise_images(tmp_path / "images", 4, seed=1)
-    logs = []
+    logs, events = [], []
     with pytest.raises(sfm.SfMError, match="registered 0 of 4"):
         sfm.run_sfm(images, tmp_path / "out", matcher="sequential", overlap=2, threads=THREADS,
-                    max_num_features=256, log=logs.append)
+                    max_num_features=256, log=logs.append, on_stage=lambda *e: events.append(e))
     assert any("matching (sequential)" in line for line in logs)
+    # The on_stage hook brackets each timed stage, in order.
+    assert events == [(s, e) for s in ("extraction", "matching", "mapping") for e in ("start", "end")]
 
 
 # ------------------------------------------------------------ synthetic demo scene (ground truth)
