@@ -90,6 +90,12 @@ class ModelConfig:
     min_deg_point: int = 0  # IPE frequencies 2^min .. 2^(max-1).
     max_deg_point: int = 12
     share_proposal_field: bool = True  # one proposal field for all proposal rounds.
+    # Fraction 1/m of each training batch's rays whose proposal rounds carry gradients (every
+    # m-th ray; the others' proposal densities are evaluated under stop_gradient, so their
+    # backward pass, the proposal grid's gradient scatter included, is never computed). The
+    # proposal fields only learn an envelope of the final weights, for which fewer rays will
+    # do. 1.0: all rays (mip-NeRF 360). Applies to passes with an rng (training).
+    prop_grad_fraction: float = 1.0
     prop_net_depth: int = 4
     prop_net_width: int = 256
     nerf_net_depth: int = 8
@@ -169,6 +175,9 @@ class ModelConfig:
         need(self.resample_padding >= 0, "resample_padding must be >= 0", self.resample_padding)
         need(self.dilation_multiplier >= 0 and self.dilation_bias >= 0, "dilation must be >= 0",
              (self.dilation_multiplier, self.dilation_bias))
+        m = round(1.0 / self.prop_grad_fraction) if self.prop_grad_fraction > 0 else 0
+        need(m >= 1 and abs(1.0 / m - self.prop_grad_fraction) < 1e-6,
+             "prop_grad_fraction must be 1/m for a whole m >= 1 (1.0, 0.5, 0.25, ...)", self.prop_grad_fraction)
         need(hasattr(jax.nn.initializers, self.weight_init), "weight_init must name a jax.nn.initializers function",
              self.weight_init)
 
@@ -316,6 +325,29 @@ def _split(rng):
     return key, rng
 
 
+def _grad_on_every(m, fn, *args):
+    """fn(*args), differentiable only through every m-th entry of the leading axis.
+
+    The other entries are computed under stop_gradient, so JAX never builds
+    their backward pass. Rays are picked by stride, not as a leading block, so
+    a batch sharded over devices keeps the same work on every device. A leading
+    axis that m does not divide is differentiated whole.
+    """
+    n = args[0].shape[0]
+    if n % m:
+        return fn(*args)
+    k = n // m
+    grouped = [a.reshape(k, m, *a.shape[1:]) for a in args]
+    live = fn(*(g[:, 0] for g in grouped))
+    frozen = fn(*(g[:, 1:].reshape(n - k, *g.shape[2:]) for g in grouped))
+
+    def interleave(y, z):
+        z = jax.lax.stop_gradient(z).reshape(k, m - 1, *z.shape[1:])
+        return jnp.concatenate([y[:, None], z], axis=1).reshape(n, *y.shape[1:])
+
+    return jax.tree.map(interleave, live, frozen)
+
+
 def _schlick_bias(x, slope):
     """Schlick's bias curve, 0 -> 0, 1 -> 1, steeper near 0 for slope > 1."""
     return slope * x / ((slope - 1.0) * x + 1.0)
@@ -412,7 +444,11 @@ class NerfModel(nn.Module):
             if cfg.disable_integration:
                 covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE.
             if is_prop:
-                density, rgb = prop_fields[level](means, covs)
+                every = round(1.0 / cfg.prop_grad_fraction)
+                if rng is not None and every > 1:
+                    density = _grad_on_every(every, prop_fields[level], means, covs)[0]
+                else:
+                    density = prop_fields[level](means, covs)[0]
                 rgb = jnp.zeros(means.shape, means.dtype)  # proposals carry no colour.
             else:
                 density, rgb = nerf_field(means, covs, viewdirs, glo_vec)

@@ -301,6 +301,50 @@ def test_gradients_are_finite_and_reach_every_field(tiny):
     assert float(l1) == float(l2) and float(l1) != float(l3)
 
 
+def test_grad_on_every_differentiates_only_every_mth_entry():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+
+    def fn(w, x):
+        return (jnp.tanh(x @ w), x[:, :1] * 2.0)  # a pytree of outputs
+
+    def loss(w, m):
+        out = models._grad_on_every(m, functools.partial(fn, w), x)
+        return jnp.sum(out[0] ** 2) + jnp.sum(out[1])
+
+    np.testing.assert_allclose(models._grad_on_every(3, functools.partial(fn, w), x)[0], fn(w, x)[0], rtol=1e-6)
+    for m in (2, 3):
+        want = jax.grad(lambda w: jnp.sum(fn(w, x[::m])[0] ** 2))(w)  # only rays 0, m, 2m, ...
+        np.testing.assert_allclose(jax.grad(loss)(w, m), want, rtol=1e-5, atol=1e-6)
+    # A leading axis that m does not divide is differentiated whole.
+    np.testing.assert_allclose(jax.grad(loss)(w, 5), jax.grad(lambda w: jnp.sum(fn(w, x)[0] ** 2))(w), rtol=1e-5)
+
+
+def test_prop_grad_fraction_changes_only_the_proposal_gradient(tiny):
+    half = dataclasses.replace(tiny.cfg, prop_grad_fraction=0.5)
+    model = models.make_model(half, num_images=1)
+
+    @jax.jit
+    def loss_and_grad(variables, key):
+        def loss_fn(v):
+            renderings, history = model.apply(v, tiny.rays, rng=key, train_frac=0.5)
+            return losses.total_loss(renderings, history, tiny.image, half)
+        return jax.value_and_grad(loss_fn, has_aux=True)(variables)
+
+    key = jax.random.PRNGKey(4)
+    (l1, _), g1 = tiny.loss_and_grad(tiny.params, key, 0.5)
+    (l2, _), g2 = loss_and_grad(tiny.params, key)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)  # the same forward pass
+    for a, b in zip(jax.tree.leaves(g1["params"]["nerf_field"]), jax.tree.leaves(g2["params"]["nerf_field"])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+    p1, p2 = (jnp.concatenate([x.ravel() for x in jax.tree.leaves(g["params"]["prop_field"])]) for g in (g1, g2))
+    assert float(jnp.linalg.norm(p2)) > 0 and float(jnp.linalg.norm(p2 - p1)) > 1e-3 * float(jnp.linalg.norm(p1))
+    for bad in (0.0, 0.3, 1.5):
+        with pytest.raises(ValueError, match="prop_grad_fraction"):
+            dataclasses.replace(tiny.cfg, prop_grad_fraction=bad)
+
+
 def test_tiny_model_overfits_one_image(tiny):
     """A minimal optax loop: the tiny preset must memorise a 16x16 texture.
 
