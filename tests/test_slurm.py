@@ -7,7 +7,8 @@ GPUs, so the profile's GPU requests are scheduled for real). A reduced demo
 (24 views, 40 training steps, 2 video frames, no localization) then runs twice:
 
   * through SLURM: `snakemake --profile profiles/slurm --profile tests/slurm/profile`,
-    i.e. the real profile with the test overlay (status command, polling);
+    i.e. the real profile with the test overlay (status command, polling), through
+    tests/slurm/steady_status_checks.py (status checks every 2 s, not 2, 12, 22, ... s apart);
   * locally: `snakemake --cores 2` up to training, with the same config.
 
 The tests check that every job was an sbatch job of this cluster that completed,
@@ -54,6 +55,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent / "slurm"
 PROFILES = [REPO / "profiles" / "slurm", HERE / "profile"]
+# `python -m snakemake` whose SLURM executor checks job states every 2 s (the overlay's initial interval)
+# instead of 2, 12, 22, ... s apart: see its docstring.
+STEADY_STATUS_CHECKS = HERE / "steady_status_checks.py"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo", "scancel")
 RULES = ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render")  # at least these
 GPU_RULES = ("train", "evaluate", "render")  # gpu=1: set-resources of the profile, or the rule's own
@@ -239,7 +243,8 @@ def _reduced_workdir(tmp_path_factory, name: str) -> Path:
 
 
 def _slurm_snakemake(cluster, workdir, *args, env=None, timeout=RUN_TIMEOUT_S):
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    """Snakemake with the real profile and the test overlay; status checks every 2 s (STEADY_STATUS_CHECKS)."""
+    command = [sys.executable, str(STEADY_STATUS_CHECKS), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     for profile in PROFILES:
         command += ["--profile", str(profile)]
     return subprocess.run([*command, *args], env={**cluster.env, **(env or {})},
