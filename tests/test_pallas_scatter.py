@@ -18,14 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 pallas_scatter = pytest.importorskip("pallas_scatter")
 
 
-@pytest.mark.parametrize("accumulate", [jnp.float32, jnp.float16])
-def test_kernel_matches_encode_gradient(accumulate):
-    # Levels 2 and 4 are dense, 10 and 24 hashed (T = 2^9); points outside the cube and on its faces.
-    res, t = (2, 4, 10, 24), 2**9
+def test_kernel_matches_encode_gradient():
+    # Level 4 is dense, level 24 hashed (T = 2^9); points outside the cube and on its faces.
+    res, t = (4, 24), 2**9
     rng = np.random.default_rng(3)
-    x = rng.uniform(-0.2, 1.2, (29, 3)).astype(np.float32)
+    x = rng.uniform(-0.2, 1.2, (17, 3)).astype(np.float32)
     x[0], x[1] = 1.0, 0.0
-    g = rng.normal(size=(29, len(res), 2)).astype(np.float32)
+    g = rng.normal(size=(17, len(res), 2)).astype(np.float32)
     tables = jnp.asarray(rng.normal(size=(len(res), t, 2)).astype(np.float32))
 
     def loss(tb):
@@ -34,12 +33,11 @@ def test_kernel_matches_encode_gradient(accumulate):
     want = np.asarray(jax.grad(loss)(tables)).reshape(-1, 2)
     got = pallas_scatter.table_gradient(
         jnp.asarray(x), jnp.asarray(g), resolutions=res, table_size=t,
-        max_dense_stride=hashgrid._max_dense_stride(t), interpret=True, accumulate=accumulate,
+        max_dense_stride=hashgrid._max_dense_stride(t), interpret=True,
     )
-    assert got.dtype == accumulate
-    tol = 1e-5 if accumulate == jnp.float32 else 2e-2
-    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=tol * np.abs(want).max())
-    assert np.count_nonzero(want) > 0.05 * want.size  # the check covers many rows, not a few
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5 * np.abs(want).max())
+    assert np.count_nonzero(want) > 100  # the check covers many rows of both levels, not a few
+    assert np.count_nonzero(want[: t]) > 20 and np.count_nonzero(want[t:]) > 20
 
 
 def test_rejects_table_size_not_power_of_two():
