@@ -205,8 +205,10 @@ def _encode_bwd(resolutions, table_size, dtype, saved, g):
     # part of encode's forward+backward. Neither 8 per-corner scatters (1.5x
     # slower) nor spreading the contended coarse levels over replicas (1.4x)
     # helped, and a sort-based segment_sum would have to sort N * L * 8 keys
-    # per step, far more than the atomics cost; only a custom kernel with
-    # vector (float2) atomics would halve the atomic count.
+    # per step, far more than the atomics cost. A fused Pallas kernel with
+    # two-wide (v2.f32 or f16x2) atomics was not faster either: the scatter
+    # runs at 32-55 G corner updates/s whatever the atomic's width
+    # (bench/pallas_scatter.py, bench/RESULTS.md call 17).
     updates = (w[..., None] * g[:, :, None, :]).astype(tables.dtype)  # [N, L, 8, F]
     d_tables = jnp.zeros(flat_shape, tables.dtype).at[rows].add(updates, mode="promise_in_bounds")
     # d x needs the corner values again (XLA drops all of this when nobody uses
