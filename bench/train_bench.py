@@ -59,7 +59,7 @@ def load_colmap(root: Path, split: str, *, factor: int = 1, test_every: int = 8)
 
 
 def load_scene(root: Path, split: str, *, factor: int = 1) -> datasets.Dataset:
-    """Blender (transforms_{split}.json) or COLMAP (sparse/0) scene folder."""
+    """Blender (transforms_{split}.json) or COLMAP (sparse/0 or its scene.json) scene folder."""
     if (root / f"transforms_{split}.json").is_file():
         return load_blender(root, split)
     if (root / "sparse" / "0").is_dir() or (root / "scene.json").is_file():
@@ -204,7 +204,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
-                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project (sparse/0 + images/)")
+                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project (sparse/0 or scene.json, + images/)")
     p.add_argument("--factor", type=int, default=1, help="COLMAP project: train on images_{factor}/")
     p.add_argument("--run", action="append", required=True, help="preset:batch[:devices[:seconds]]")
     p.add_argument("--seconds", type=float, default=60)
