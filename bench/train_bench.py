@@ -204,7 +204,8 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
-                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project (sparse/0 or scene.json, + images/)")
+                   help="Blender scene folder (transforms_{train,test}.json) or COLMAP project "
+                        "(sparse/0 or scene.json, + images/)")
     p.add_argument("--factor", type=int, default=1, help="COLMAP project: train on images_{factor}/")
     p.add_argument("--run", action="append", required=True, help="preset:batch[:devices[:seconds]]")
     p.add_argument("--seconds", type=float, default=60)
