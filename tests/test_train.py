@@ -23,9 +23,11 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 
 # Small enough to compile in seconds at XLA optimisation level 0.
+# prop_grad_fraction=0.5 (the fast preset's option): test_parallel's 4-device and 2-process runs,
+# which must equal one device's, then also check its strided split of a sharded batch.
 TOY_MODEL = dict(num_prop_samples=(8,), num_levels=2, num_nerf_samples=8, prop_net_width=16, prop_net_depth=1,
                  nerf_net_width=16, nerf_net_depth=2, bottleneck_width=8, net_width_viewdirs=8, max_deg_point=4,
-                 basis_subdivisions=1)
+                 basis_subdivisions=1, prop_grad_fraction=0.5)
 
 
 def toy_config(**overrides):
