@@ -10,6 +10,7 @@ against the mean-colour baseline, and the localization of the query photos
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,21 +36,59 @@ def snakemake(workdir, *args, timeout=1800, env=None):
     )
 
 
+class DemoRun:
+    """The whole workflow on the demo, as one `snakemake --cores 2` process (its output in files beside workdir).
+
+    conftest.py starts it in the background once the session's other workflow runs are done
+    (pytest_runtest_setup), so that it trains while the suite's in-process tests run; the
+    `demo_run` fixture below then waits for it (or starts it itself, when this module runs alone).
+    """
+
+    def __init__(self, tmp_path_factory, cache: Path):
+        self.workdir = tmp_path_factory.mktemp("demo")
+        shutil.copytree(REPO / "config", self.workdir / "config")
+        cfg_path = self.workdir / "config" / "config.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["render"] = {"frames": RENDER_FRAMES, "fps": RENDER_FPS}  # CI-sized video
+        # Localization from the ground truth moved by 10 degrees and 10 % of the radius (issue #8).
+        cfg["localize"] = {**cfg.get("localize", {}), "start": "perturbed", "perturb_rot_deg": 10.0,
+                           "perturb_radius_fraction": 0.1}
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        # Not in workdir: test_nothing_written_outside_the_output_folders lists its top level.
+        out = tmp_path_factory.mktemp("demo_output")
+        self.stdout, self.stderr = out / "stdout.txt", out / "stderr.txt"
+        # One compilation cache for all jobs: evaluate, render, localize and the report figures share programs.
+        env = {**os.environ, **jax_cache_env(cache)}
+        with self.stdout.open("w") as so, self.stderr.open("w") as se:
+            self.proc = subprocess.Popen(
+                [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(self.workdir), "--cores", "2"],
+                stdout=so, stderr=se, text=True, env=env, start_new_session=True)
+
+    def wait(self, timeout: float = 1800) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
+                                           self.stdout.read_text(errors="replace"),
+                                           self.stderr.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        """Kill a run still going (the session ended first) with its jobs: it has its own session."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, session_jax_cache):
-    workdir = tmp_path_factory.mktemp("demo")
-    shutil.copytree(REPO / "config", workdir / "config")
-    cfg_path = workdir / "config" / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["render"] = {"frames": RENDER_FRAMES, "fps": RENDER_FPS}  # CI-sized video
-    # Localization from the ground truth moved by 10 degrees and 10 % of the radius (issue #8).
-    cfg["localize"] = {**cfg.get("localize", {}), "start": "perturbed", "perturb_rot_deg": 10.0,
-                       "perturb_radius_fraction": 0.1}
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    # One compilation cache for all jobs: evaluate, render, localize and the report figures share programs.
-    result = snakemake(workdir, env=jax_cache_env(session_jax_cache))
+def demo_run(request, tmp_path_factory, session_jax_cache):
+    from conftest import background_demo
+
+    run = background_demo(request.config) or DemoRun(tmp_path_factory, session_jax_cache)
+    result = run.wait()
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return workdir
+    return run.workdir
 
 
 def test_every_declared_output_exists(demo_run):
