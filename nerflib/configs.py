@@ -198,8 +198,9 @@ def fast(**overrides) -> Config:
     """Hash-grid field (models field='hashgrid') with small MLPs: untuned, ours.
 
     Values follow instant-ngp's optimiser (lr 1e-2, Adam beta2 0.99, eps
-    1e-15, no gradient clipping) with mip-NeRF 360's sampling and losses; the
-    schedule (25k steps, 1e-2 -> 1e-3) is a starting point, not a measured one.
+    1e-15, no gradient clipping) with mip-NeRF 360's sampling and losses. The
+    schedule (25k steps, 1e-2 -> 1e-3, about 2.5 min on one H100) is not tuned:
+    on bonsai it ends 0.5 dB above a 12k-step one (bench/RESULTS.md call 17).
     """
     model = model_mipnerf360(
         field="hashgrid",
