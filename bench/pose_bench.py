@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerflib import rigid, scene_io, sfm  # noqa: E402
+from nerflib import fileio, rigid, scene_io, sfm  # noqa: E402
 
 
 def colmap_version() -> str:
@@ -81,10 +81,8 @@ class Recorder:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": self.meta, "complete": self.complete, "results": self.rows},
-                                  indent=1, default=str))
-        os.replace(tmp, self.path)
+        fileio.write_text(self.path, json.dumps({"meta": self.meta, "complete": self.complete,
+                                                 "results": self.rows}, indent=1, default=str))
 
 
 def run_colmap(images: Path, work: Path, args, record) -> dict:
