@@ -67,7 +67,8 @@ def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 
 
     Returns:
       (loss, stats) with stats 'data', 'interlevel', 'distortion' (weighted
-      terms), 'mse' and 'psnr' of the final rendering.
+      terms), 'mse' and 'psnr' of the final rendering, and with empty-space
+      skipping 'live', the fraction of final samples the field evaluated.
     """
     rgb = renderings[-1]["rgb"]
     data = data_loss_mult * data_loss(rgb, rgb_gt, kind=cfg.data_loss_type, charb_padding=cfg.charb_padding)
@@ -75,4 +76,6 @@ def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 
     dist = distortion_loss(ray_history, mult=cfg.distortion_loss_mult)
     mse = jnp.mean((jax.lax.stop_gradient(rgb) - rgb_gt) ** 2)
     stats = {"data": data, "interlevel": inter, "distortion": dist, "mse": mse, "psnr": nmath.psnr_from_mse(mse)}
+    if "live" in ray_history[-1]:  # empty-space skipping: the fraction of final samples evaluated
+        stats["live"] = jnp.mean(ray_history[-1]["live"].astype(jnp.float32))
     return data + inter + dist, stats

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -96,6 +97,19 @@ class ModelConfig:
     # proposal fields only learn an envelope of the final weights, for which fewer rays will
     # do. 1.0: all rays (mip-NeRF 360). Applies to passes with an rng (training).
     prop_grad_fraction: float = 1.0
+    # Empty-space skipping (ours; instant-ngp's occupancy grid, with the proposal rounds as the
+    # grid). A final-round sample whose interval the last proposal round bounds from above by
+    # less than `skip_threshold` of weight (its outer measure, after dilation) is empty: the
+    # NeRF field is not evaluated there and its density is 0, in training and rendering alike.
+    # The interlevel loss trains the proposal weights to bound the final ones, so a skipped
+    # sample could have added at most about that weight to its pixel. 0: off (mip-NeRF 360).
+    skip_threshold: float = 0.0
+    # With skip_threshold > 0: the NeRF field runs on a static-size set of this fraction of the
+    # final samples, packed from the ones not skipped (so 1 - sample_budget of the field's work
+    # is saved). A batch with more live samples than that raises its threshold (doubling it)
+    # until they fit, dropping the least-bounded ones first. 1.0: evaluate every sample and
+    # zero the skipped ones (no saving).
+    sample_budget: float = 1.0
     prop_net_depth: int = 4
     prop_net_width: int = 256
     nerf_net_depth: int = 8
@@ -178,6 +192,8 @@ class ModelConfig:
         m = round(1.0 / self.prop_grad_fraction) if self.prop_grad_fraction > 0 else 0
         need(m >= 1 and abs(1.0 / m - self.prop_grad_fraction) < 1e-6,
              "prop_grad_fraction must be 1/m for a whole m >= 1 (1.0, 0.5, 0.25, ...)", self.prop_grad_fraction)
+        need(self.skip_threshold >= 0, "skip_threshold must be >= 0 (0 = off)", self.skip_threshold)
+        need(0 < self.sample_budget <= 1, "sample_budget must be in (0, 1]", self.sample_budget)
         need(hasattr(jax.nn.initializers, self.weight_init), "weight_init must name a jax.nn.initializers function",
              self.weight_init)
 
@@ -348,6 +364,72 @@ def _grad_on_every(m, fn, *args):
     return jax.tree.map(interleave, live, frozen)
 
 
+# Threshold doublings tried when a batch has more live samples than its budget: 2^39 times any
+# positive threshold exceeds every outer measure (a sum of weights, at most a few).
+_THRESHOLD_DOUBLINGS = 40
+# Rays are packed in this many groups (or a multiple: one or more per device), so that the
+# packing, hence the result, is the same on 1, 2, 4 or 8 devices.
+_PACK_GROUPS = 8
+
+
+def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec):
+    """The final field where the proposal bound `bound` [..., n] reaches cfg.skip_threshold.
+
+    Returns (density [..., n], rgb [..., n, 3], live [..., n]): zero density and
+    colour where a sample was skipped, `live` marks the evaluated samples.
+
+    With cfg.sample_budget < 1 the live samples are packed into a static-size
+    set, in groups of rays (8, or a multiple of the device count, when the rays
+    split evenly: a batch sharded along its rays packs locally), the field runs
+    on the packed set and its outputs are unpacked. The packing keeps the
+    samples' order; a group with more live samples than its budget keeps the
+    ones above the smallest doubled threshold that fits.
+    """
+    live = bound >= cfg.skip_threshold
+    if cfg.sample_budget >= 1.0:
+        density, rgb = field(means, covs, viewdirs, glo_vec)
+        return jnp.where(live, density, 0.0), jnp.where(live[..., None], rgb, 0.0), live
+    batch, n = bound.shape[:-1], bound.shape[-1]
+    num_rays = int(np.prod(batch))
+    groups = math.lcm(_PACK_GROUPS, jax.device_count())
+    if num_rays % groups:
+        groups = 1
+    size = num_rays // groups * n  # samples per group
+    budget = min(size, -(-int(np.ceil(cfg.sample_budget * size)) // 8) * 8)
+
+    bound = bound.reshape(groups, size)
+    thresholds = cfg.skip_threshold * 2.0 ** jnp.arange(_THRESHOLD_DOUBLINGS, dtype=jnp.float32)
+    counts = jnp.sum(bound[:, None, :] >= thresholds[:, None], axis=-1)  # [groups, doublings]
+    threshold = thresholds[jnp.argmax(counts <= budget, axis=-1)]  # the first that fits
+    live = bound >= threshold[:, None]
+    slot = jnp.cumsum(live, axis=-1, dtype=jnp.int32) - 1
+    live &= slot < budget  # only if nothing fits (e.g. infinite bounds)
+    slot = jnp.where(live, slot, budget)  # `budget`: the discarded slot
+    # Sample index of every slot; unused slots point past the end (clamped below, then unused).
+    source = jax.vmap(lambda s: jnp.full((budget,), size, jnp.int32).at[s].set(
+        jnp.arange(size, dtype=jnp.int32), mode="drop"))(slot)
+    source = jnp.minimum(source, size - 1)
+    ray = source // n
+
+    def take(x, idx):  # x [groups, count, F...], idx [groups, budget] -> [groups, budget, F...]
+        return jax.vmap(lambda a, i: a[i])(x, idx)
+
+    def per_sample(x):  # [..., n, F...] -> [groups, budget, 1, F...]
+        return take(x.reshape(groups, size, *x.shape[len(batch) + 1:]), source)[:, :, None]
+
+    def per_ray(x):  # [..., F] -> [groups, budget, F]
+        return take(x.reshape(groups, size // n, *x.shape[len(batch):]), ray)
+
+    density, rgb = field(per_sample(means), per_sample(covs), per_ray(viewdirs),
+                         None if glo_vec is None else per_ray(glo_vec))
+
+    def unpack(y):  # [groups, budget, 1, F...] -> [..., n, F...], zero where skipped
+        y = jnp.concatenate([y[:, :, 0], jnp.zeros_like(y[:, :1, 0])], axis=1)  # the discarded slot
+        return take(y, slot).reshape(*batch, n, *y.shape[2:])
+
+    return unpack(density), unpack(rgb), live.reshape(*batch, n)
+
+
 def _schlick_bias(x, slope):
     """Schlick's bias curve, 0 -> 0, 1 -> 1, steeper near 0 for slope > 1."""
     return slope * x / ((slope - 1.0) * x + 1.0)
@@ -426,8 +508,12 @@ class NerfModel(nn.Module):
                 # Widen the previous round's peaks by a fraction of its typical
                 # interval width so that small sampling shifts cannot miss them.
                 dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
-                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0),
-                                                            renormalize=True)
+                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0))
+            # The previous round's (dilated) weights, before renormalising: the envelope that
+            # decides which final samples are empty (cfg.skip_threshold).
+            envelope = (sdist, weights)
+            if level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0):
+                weights = stepfun.renormalize_weights(weights)
             samples_so_far *= num_samples
             # weights**anneal as logits; zero-width intervals get -inf. The
             # safe_log floor keeps 0 * log(0) from producing nan at anneal 0.
@@ -450,6 +536,9 @@ class NerfModel(nn.Module):
                 else:
                     density = prop_fields[level](means, covs)[0]
                 rgb = jnp.zeros(means.shape, means.dtype)  # proposals carry no colour.
+            elif cfg.skip_threshold > 0 and level > 0:
+                bound = stepfun.outer_measure(jax.lax.stop_gradient(sdist), *envelope)
+                density, rgb, live = _skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec)
             else:
                 density, rgb = nerf_field(means, covs, viewdirs, glo_vec)
 
@@ -461,6 +550,8 @@ class NerfModel(nn.Module):
                                                     compute_extras=compute_extras)
             renderings.append(rendering)
             ray_history.append({"sdist": sdist, "tdist": tdist, "weights": weights})
+        if cfg.skip_threshold > 0 and cfg.num_levels > 1:
+            ray_history[-1]["live"] = live  # the final samples the NeRF field was evaluated on
         return renderings, ray_history
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "lossfun_distortion",
     "max_dilate",
     "max_dilate_weights",
+    "renormalize_weights",
     "weighted_percentile",
     "resample",
 ]
@@ -297,10 +298,13 @@ def max_dilate_weights(
     """`max_dilate` applied to the densities of (t, w), returned as weights."""
     t_out, p_out = max_dilate(t, weight_to_pdf(t, w), dilation, domain=domain)
     w_out = pdf_to_weight(t_out, p_out)
-    if renormalize:
-        # eps^2 floor: an all-zero row stays zero instead of becoming nan.
-        w_out = w_out / jnp.maximum(_EPS**2, jnp.sum(w_out, axis=-1, keepdims=True))
-    return t_out, w_out
+    return t_out, renormalize_weights(w_out) if renormalize else w_out
+
+
+def renormalize_weights(w):
+    """w [..., n] scaled to sum to 1 along the last axis; an all-zero row stays zero."""
+    # eps^2 floor: an all-zero row stays zero instead of becoming nan.
+    return w / jnp.maximum(_EPS**2, jnp.sum(w, axis=-1, keepdims=True))
 
 
 def weighted_percentile(t, w, ps):
