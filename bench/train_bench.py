@@ -198,7 +198,8 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
         "first_step_s": round(first_step_s, 1), "steps_per_s": round(steps_s, 2),
         "rays_per_s": round(steps_s * batch) if np.isfinite(steps_s) else 0, "peak_mem_gb": peak_memory_gb(),
         "loss": float(stats["loss"]), "train_psnr": float(stats["psnr"]), "evals": evals,
-        **({"live_samples": round(float(stats["live"]), 4)} if "live" in stats else {}),
+        **({"live_samples": round(float(stats["live"]), 4), "rays_in_loss": round(float(stats["fits"]), 4)}
+           if "live" in stats else {}),
     }
 
 

@@ -21,23 +21,31 @@ from nerflib import stepfun
 __all__ = ["data_loss", "interlevel_loss", "distortion_loss", "total_loss"]
 
 
-def data_loss(rgb, rgb_gt, *, kind: str = "charbonnier", charb_padding: float = 0.001):
-    """Mean reconstruction error: 'mse' or 'charbonnier' sqrt(r^2 + pad^2)."""
+def _mean(x, mask=None):
+    """Mean of x [..., k] over everything, or over the rays where mask [...] is True."""
+    if mask is None:
+        return jnp.mean(x)
+    m = jnp.broadcast_to(mask[..., None], x.shape).astype(x.dtype)
+    return jnp.sum(x * m) / jnp.maximum(1.0, jnp.sum(m))
+
+
+def data_loss(rgb, rgb_gt, *, kind: str = "charbonnier", charb_padding: float = 0.001, mask=None):
+    """Mean reconstruction error: 'mse' or 'charbonnier' sqrt(r^2 + pad^2) (over the rays in `mask`)."""
     resid_sq = (rgb - rgb_gt) ** 2
     if kind == "mse":
-        return jnp.mean(resid_sq)
+        return _mean(resid_sq, mask)
     if kind == "charbonnier":
         if not charb_padding > 0:
             raise ValueError(f"charb_padding must be positive, got {charb_padding!r}")
-        return jnp.mean(jnp.sqrt(resid_sq + charb_padding**2))
+        return _mean(jnp.sqrt(resid_sq + charb_padding**2), mask)
     raise ValueError(f"unknown data loss kind {kind!r}; choose 'charbonnier' or 'mse'")
 
 
-def interlevel_loss(ray_history, *, mult: float = 1.0):
+def interlevel_loss(ray_history, *, mult: float = 1.0, mask=None):
     """Proposal rounds must bound the final weights from above (paper Eq. 13).
 
     Gradients reach only the proposal weights: the final round is a fixed
-    target here.
+    target here. mask [...]: the rays to average over (default: all).
     """
     if len(ray_history) < 2:
         return jnp.zeros(())
@@ -46,14 +54,14 @@ def interlevel_loss(ray_history, *, mult: float = 1.0):
     w = jax.lax.stop_gradient(final["weights"])
     # Mean over rays *and* intervals, as in the reference implementation that
     # the default multiplier (1.0) was tuned with.
-    loss = sum(jnp.mean(stepfun.lossfun_outer(t, w, h["sdist"], h["weights"])) for h in ray_history[:-1])
+    loss = sum(_mean(stepfun.lossfun_outer(t, w, h["sdist"], h["weights"]), mask) for h in ray_history[:-1])
     return mult * loss
 
 
-def distortion_loss(ray_history, *, mult: float = 0.01):
-    """Distortion regulariser (paper Eq. 15) on the final round, in s units."""
+def distortion_loss(ray_history, *, mult: float = 0.01, mask=None):
+    """Distortion regulariser (paper Eq. 15) on the final round, in s units (over the rays in `mask`)."""
     final = ray_history[-1]
-    return mult * jnp.mean(stepfun.lossfun_distortion(final["sdist"], final["weights"]))
+    return mult * _mean(stepfun.lossfun_distortion(final["sdist"], final["weights"])[..., None], mask)
 
 
 def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 1.0):
@@ -68,14 +76,19 @@ def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 
     Returns:
       (loss, stats) with stats 'data', 'interlevel', 'distortion' (weighted
       terms), 'mse' and 'psnr' of the final rendering, and with empty-space
-      skipping 'live', the fraction of final samples the field evaluated.
+      skipping 'live' and 'fits', the fractions of final samples the field
+      evaluated and of rays in the loss.
     """
     rgb = renderings[-1]["rgb"]
-    data = data_loss_mult * data_loss(rgb, rgb_gt, kind=cfg.data_loss_type, charb_padding=cfg.charb_padding)
-    inter = interlevel_loss(ray_history, mult=cfg.interlevel_loss_mult)
-    dist = distortion_loss(ray_history, mult=cfg.distortion_loss_mult)
-    mse = jnp.mean((jax.lax.stop_gradient(rgb) - rgb_gt) ** 2)
+    # Empty-space skipping with a sample budget: the rays that did not fit are left out.
+    mask = ray_history[-1].get("fits")
+    data = data_loss_mult * data_loss(rgb, rgb_gt, kind=cfg.data_loss_type, charb_padding=cfg.charb_padding,
+                                      mask=mask)
+    inter = interlevel_loss(ray_history, mult=cfg.interlevel_loss_mult, mask=mask)
+    dist = distortion_loss(ray_history, mult=cfg.distortion_loss_mult, mask=mask)
+    mse = _mean((jax.lax.stop_gradient(rgb) - rgb_gt) ** 2, mask)
     stats = {"data": data, "interlevel": inter, "distortion": dist, "mse": mse, "psnr": nmath.psnr_from_mse(mse)}
-    if "live" in ray_history[-1]:  # empty-space skipping: the fraction of final samples evaluated
+    if "live" in ray_history[-1]:  # empty-space skipping: the fractions of samples evaluated, rays trained
         stats["live"] = jnp.mean(ray_history[-1]["live"].astype(jnp.float32))
+        stats["fits"] = jnp.mean(mask.astype(jnp.float32))
     return data + inter + dist, stats

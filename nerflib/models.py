@@ -80,6 +80,9 @@ class ModelConfig:
     anneal_slope: float = 10.0  # Schlick-bias slope for annealing proposal weights (0: off).
     dilation_multiplier: float = 0.5  # dilate proposal weights by this * mean interval width ...
     dilation_bias: float = 0.0025  # ... plus this, in s units (anti-aliasing).
+    # Dilate on the previous round's own endpoints (stepfun.max_dilate_on_grid: an upper bound
+    # of the exact dilation, no sort) instead of on the union of shifted endpoints (mip-NeRF 360).
+    dilate_on_grid: bool = False
     resample_padding: float = 0.0  # added to weights before resampling.
     stop_level_grad: bool = True  # no gradient through the sampled intervals.
     # --- Field ----------------------------------------------------------
@@ -104,11 +107,11 @@ class ModelConfig:
     # The interlevel loss trains the proposal weights to bound the final ones, so a skipped
     # sample could have added at most about that weight to its pixel. 0: off (mip-NeRF 360).
     skip_threshold: float = 0.0
-    # With skip_threshold > 0: the NeRF field runs on a static-size set of this fraction of the
-    # final samples, packed from the ones not skipped (so 1 - sample_budget of the field's work
-    # is saved). A batch with more live samples than that raises its threshold (doubling it)
-    # until they fit, dropping the least-bounded ones first. 1.0: evaluate every sample and
-    # zero the skipped ones (no saving).
+    # With skip_threshold > 0, in training: the NeRF field runs on a static-size set of this
+    # fraction of the final samples, packed from the live ones (1 - sample_budget of the field's
+    # work is saved). A batch with more live samples keeps whole rays while they fit and leaves
+    # the rest out of the loss (instant-ngp: fixed samples, varying rays; the 'fits' stat says
+    # how many rays trained). Rendering evaluates every sample. 1.0: no packing.
     sample_budget: float = 1.0
     prop_net_depth: int = 4
     prop_net_width: int = 256
@@ -364,32 +367,35 @@ def _grad_on_every(m, fn, *args):
     return jax.tree.map(interleave, live, frozen)
 
 
-# Threshold doublings tried when a batch has more live samples than its budget: 2^39 times any
-# positive threshold exceeds every outer measure (a sum of weights, at most a few).
-_THRESHOLD_DOUBLINGS = 40
 # Rays are packed in this many groups (or a multiple: one or more per device), so that the
 # packing, hence the result, is the same on 1, 2, 4 or 8 devices.
 _PACK_GROUPS = 8
 
 
-def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec):
+def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec, *, pack: bool):
     """The final field where the proposal bound `bound` [..., n] reaches cfg.skip_threshold.
 
-    Returns (density [..., n], rgb [..., n, 3], live [..., n]): zero density and
-    colour where a sample was skipped, `live` marks the evaluated samples.
+    Returns (density [..., n], rgb [..., n, 3], live [..., n], fits [...]):
+    zero density and colour where a sample is skipped; `live` marks the
+    samples the field was evaluated on, `fits` the rays rendered in full.
 
-    With cfg.sample_budget < 1 the live samples are packed into a static-size
-    set, in groups of rays (8, or a multiple of the device count, when the rays
-    split evenly: a batch sharded along its rays packs locally), the field runs
-    on the packed set and its outputs are unpacked. The packing keeps the
-    samples' order; a group with more live samples than its budget keeps the
-    ones above the smallest doubled threshold that fits.
+    With `pack` and cfg.sample_budget < 1 (training), the live samples are
+    packed into a static-size set (sample_budget of all samples) and the field
+    runs on that set only, so a step's cost is fixed. As instant-ngp fixes the
+    samples per batch and varies the rays, a batch whose live samples do not
+    all fit keeps whole rays in order while they fit; the rays left over
+    (`fits` False) have no live samples and must be left out of the loss.
+    Packing works in groups of rays (8, or a multiple of the device count,
+    when the rays split evenly), so a batch sharded along its rays packs
+    locally on each device and the result does not depend on the device count.
+    Without `pack`, every sample is evaluated and the skipped ones are zeroed.
     """
     live = bound >= cfg.skip_threshold
-    if cfg.sample_budget >= 1.0:
-        density, rgb = field(means, covs, viewdirs, glo_vec)
-        return jnp.where(live, density, 0.0), jnp.where(live[..., None], rgb, 0.0), live
     batch, n = bound.shape[:-1], bound.shape[-1]
+    if not pack or cfg.sample_budget >= 1.0:
+        density, rgb = field(means, covs, viewdirs, glo_vec)
+        fits = jnp.ones(batch, bool)
+        return jnp.where(live, density, 0.0), jnp.where(live[..., None], rgb, 0.0), live, fits
     num_rays = int(np.prod(batch))
     groups = math.lcm(_PACK_GROUPS, jax.device_count())
     if num_rays % groups:
@@ -397,14 +403,10 @@ def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec):
     size = num_rays // groups * n  # samples per group
     budget = min(size, -(-int(np.ceil(cfg.sample_budget * size)) // 8) * 8)
 
-    bound = bound.reshape(groups, size)
-    thresholds = cfg.skip_threshold * 2.0 ** jnp.arange(_THRESHOLD_DOUBLINGS, dtype=jnp.float32)
-    counts = jnp.sum(bound[:, None, :] >= thresholds[:, None], axis=-1)  # [groups, doublings]
-    threshold = thresholds[jnp.argmax(counts <= budget, axis=-1)]  # the first that fits
-    live = bound >= threshold[:, None]
-    slot = jnp.cumsum(live, axis=-1, dtype=jnp.int32) - 1
-    live &= slot < budget  # only if nothing fits (e.g. infinite bounds)
-    slot = jnp.where(live, slot, budget)  # `budget`: the discarded slot
+    live = live.reshape(groups, num_rays // groups, n)
+    fits = jnp.cumsum(jnp.sum(live, axis=-1, dtype=jnp.int32), axis=-1) <= budget  # [groups, rays]
+    live = (live & fits[..., None]).reshape(groups, size)
+    slot = jnp.where(live, jnp.cumsum(live, axis=-1, dtype=jnp.int32) - 1, budget)  # `budget`: discarded
     # Sample index of every slot; unused slots point past the end (clamped below, then unused).
     source = jax.vmap(lambda s: jnp.full((budget,), size, jnp.int32).at[s].set(
         jnp.arange(size, dtype=jnp.int32), mode="drop"))(slot)
@@ -427,7 +429,7 @@ def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec):
         y = jnp.concatenate([y[:, :, 0], jnp.zeros_like(y[:, :1, 0])], axis=1)  # the discarded slot
         return take(y, slot).reshape(*batch, n, *y.shape[2:])
 
-    return unpack(density), unpack(rgb), live.reshape(*batch, n)
+    return unpack(density), unpack(rgb), live.reshape(*batch, n), fits.reshape(batch)
 
 
 def _schlick_bias(x, slope):
@@ -508,7 +510,8 @@ class NerfModel(nn.Module):
                 # Widen the previous round's peaks by a fraction of its typical
                 # interval width so that small sampling shifts cannot miss them.
                 dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
-                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0))
+                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0),
+                                                            on_grid=cfg.dilate_on_grid)
             # The previous round's (dilated) weights, before renormalising: the envelope that
             # decides which final samples are empty (cfg.skip_threshold).
             envelope = (sdist, weights)
@@ -538,7 +541,8 @@ class NerfModel(nn.Module):
                 rgb = jnp.zeros(means.shape, means.dtype)  # proposals carry no colour.
             elif cfg.skip_threshold > 0 and level > 0:
                 bound = stepfun.outer_measure(jax.lax.stop_gradient(sdist), *envelope)
-                density, rgb, live = _skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec)
+                density, rgb, live, fits = _skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec,
+                                                       pack=rng is not None)
             else:
                 density, rgb = nerf_field(means, covs, viewdirs, glo_vec)
 
@@ -552,6 +556,7 @@ class NerfModel(nn.Module):
             ray_history.append({"sdist": sdist, "tdist": tdist, "weights": weights})
         if cfg.skip_threshold > 0 and cfg.num_levels > 1:
             ray_history[-1]["live"] = live  # the final samples the NeRF field was evaluated on
+            ray_history[-1]["fits"] = fits  # the rays rendered in full (the others: out of the loss)
         return renderings, ray_history
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "lossfun_outer",
     "lossfun_distortion",
     "max_dilate",
+    "max_dilate_on_grid",
     "max_dilate_weights",
     "renormalize_weights",
     "weighted_percentile",
@@ -287,6 +288,22 @@ def max_dilate(t, y, dilation, *, domain: tuple[float, float] = (-np.inf, np.inf
     return t_out, _range_max(y, first, last)
 
 
+def max_dilate_on_grid(t, y, dilation):
+    """An upper bound of `max_dilate(t, y, dilation)` on the same endpoints t.
+
+    Interval i takes the largest y_j over the intervals j that come within
+    `dilation` of it (t_{j+1} > t_i - dilation and t_j < t_{i+1} + dilation),
+    the maximum of the exact dilation over interval i. No sort and a third of
+    the searching: for the mip-NeRF 360 sampler (64 intervals) the exact
+    version's two sorts of 193 endpoints and its searches took 0.86 ms of a
+    5.8 ms `fast` step (H100, bench/RESULTS.md call 19). Support does not grow
+    beyond [t_0, t_n]. Returns y_out [..., n].
+    """
+    first = _count(t[..., 1:], t[..., :-1] - dilation, "right")
+    last = _count(t[..., :-1], t[..., 1:] + dilation, "left") - 1
+    return _range_max(y, first, jnp.maximum(first, last))
+
+
 def max_dilate_weights(
     t,
     w,
@@ -294,9 +311,13 @@ def max_dilate_weights(
     *,
     domain: tuple[float, float] = (-np.inf, np.inf),
     renormalize: bool = False,
+    on_grid: bool = False,
 ):
-    """`max_dilate` applied to the densities of (t, w), returned as weights."""
-    t_out, p_out = max_dilate(t, weight_to_pdf(t, w), dilation, domain=domain)
+    """`max_dilate` (or `max_dilate_on_grid`) applied to the densities of (t, w), returned as weights."""
+    if on_grid:
+        t_out, p_out = t, max_dilate_on_grid(t, weight_to_pdf(t, w), dilation)
+    else:
+        t_out, p_out = max_dilate(t, weight_to_pdf(t, w), dilation, domain=domain)
     w_out = pdf_to_weight(t_out, p_out)
     return t_out, renormalize_weights(w_out) if renormalize else w_out
 
