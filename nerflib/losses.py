@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from nerflib import math as nmath
 from nerflib import stepfun
 
-__all__ = ["data_loss", "interlevel_loss", "distortion_loss", "total_loss"]
+__all__ = ["data_loss", "interlevel_loss", "proposal_sparsity_loss", "distortion_loss", "total_loss"]
 
 
 def _mean(x, mask=None):
@@ -58,6 +58,18 @@ def interlevel_loss(ray_history, *, mult: float = 1.0, mask=None):
     return mult * loss
 
 
+def proposal_sparsity_loss(ray_history, *, mult: float, mask=None):
+    """The proposal rounds' weight in front of the last interval, summed per ray, mean over rays.
+
+    Zero where a proposal sees nothing before the far bound; the interlevel
+    loss holds the weights up wherever the final round needs them.
+    """
+    if mult == 0 or len(ray_history) < 2:
+        return jnp.zeros(())
+    loss = sum(_mean(jnp.sum(h["weights"][..., :-1], axis=-1)[..., None], mask) for h in ray_history[:-1])
+    return mult * loss
+
+
 def distortion_loss(ray_history, *, mult: float = 0.01, mask=None):
     """Distortion regulariser (paper Eq. 15) on the final round, in s units (over the rays in `mask`)."""
     final = ray_history[-1]
@@ -86,9 +98,12 @@ def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 
                                       mask=mask)
     inter = interlevel_loss(ray_history, mult=cfg.interlevel_loss_mult, mask=mask)
     dist = distortion_loss(ray_history, mult=cfg.distortion_loss_mult, mask=mask)
+    sparsity = proposal_sparsity_loss(ray_history, mult=cfg.prop_sparsity_mult, mask=mask)
     mse = _mean((jax.lax.stop_gradient(rgb) - rgb_gt) ** 2, mask)
     stats = {"data": data, "interlevel": inter, "distortion": dist, "mse": mse, "psnr": nmath.psnr_from_mse(mse)}
     if "live" in ray_history[-1]:  # empty-space skipping: the fractions of samples evaluated, rays trained
         stats["live"] = jnp.mean(ray_history[-1]["live"].astype(jnp.float32))
         stats["fits"] = jnp.mean(mask.astype(jnp.float32))
-    return data + inter + dist, stats
+    if cfg.prop_sparsity_mult > 0:
+        stats["prop_sparsity"] = sparsity
+    return data + inter + dist + sparsity, stats

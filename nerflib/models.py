@@ -144,6 +144,11 @@ class ModelConfig:
     data_loss_type: str = "charbonnier"  # "charbonnier" or "mse".
     charb_padding: float = 0.001
     interlevel_loss_mult: float = 1.0
+    # Weight of a loss on the proposal rounds' weight in front of the far bound (ours): the
+    # interlevel loss only pushes proposal weights up, so nothing teaches the proposals that a
+    # ray through empty space is empty, and empty-space skipping (skip_threshold) then skips
+    # nothing there. 0: off (mip-NeRF 360).
+    prop_sparsity_mult: float = 0.0
     distortion_loss_mult: float = 0.01
 
     def __post_init__(self):
@@ -195,6 +200,7 @@ class ModelConfig:
         m = round(1.0 / self.prop_grad_fraction) if self.prop_grad_fraction > 0 else 0
         need(m >= 1 and abs(1.0 / m - self.prop_grad_fraction) < 1e-6,
              "prop_grad_fraction must be 1/m for a whole m >= 1 (1.0, 0.5, 0.25, ...)", self.prop_grad_fraction)
+        need(self.prop_sparsity_mult >= 0, "prop_sparsity_mult must be >= 0", self.prop_sparsity_mult)
         need(self.skip_threshold >= 0, "skip_threshold must be >= 0 (0 = off)", self.skip_threshold)
         need(0 < self.sample_budget <= 1, "sample_budget must be in (0, 1]", self.sample_budget)
         need(hasattr(jax.nn.initializers, self.weight_init), "weight_init must name a jax.nn.initializers function",
