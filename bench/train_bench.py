@@ -170,9 +170,12 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     clock = first_step_s  # training wall-clock, evaluation excluded
     n = 1
     window_start, rates = time.perf_counter(), []
+    fits_sum, fits_n = 0.0, 0  # empty-space skipping: the rays in the loss, over the whole run
     while clock < seconds and n < cfg.max_steps:
         for _ in range(args.sync_every):
             state, stats = step(state, data, key)
+            if "fits" in stats:
+                fits_sum, fits_n = fits_sum + stats["fits"], fits_n + 1  # stays on the device
         jax.block_until_ready(stats["loss"])
         now = time.perf_counter()
         dt = now - window_start
@@ -198,7 +201,12 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
         "first_step_s": round(first_step_s, 1), "steps_per_s": round(steps_s, 2),
         "rays_per_s": round(steps_s * batch) if np.isfinite(steps_s) else 0, "peak_mem_gb": peak_memory_gb(),
         "loss": float(stats["loss"]), "train_psnr": float(stats["psnr"]), "evals": evals,
-        **({"live_samples": round(float(stats["live"]), 4), "rays_in_loss": round(float(stats["fits"]), 4)}
+        # With empty-space skipping and a sample budget, rays that do not fit are left out of the
+        # loss: rays_in_loss_mean is their share over the run, trained_rays_per_s counts only those.
+        **({"live_samples": round(float(stats["live"]), 4), "rays_in_loss": round(float(stats["fits"]), 4),
+            "rays_in_loss_mean": round(float(fits_sum) / max(fits_n, 1), 4),
+            "trained_rays_per_s": round(steps_s * batch * float(fits_sum) / max(fits_n, 1))
+            if np.isfinite(steps_s) else 0}
            if "live" in stats else {}),
     }
 
