@@ -373,6 +373,7 @@ class _Reporter:
         self.t0 = time.perf_counter()
         self.t_window, self.steps_window = None, 0
         self.rays_per_s = float("nan")
+        self.warned_budget = False
 
     def step(self, step: int, s: dict) -> None:
         now = time.perf_counter()
@@ -391,8 +392,14 @@ class _Reporter:
             if self.main:
                 _write_tsv(self.tsv_path, self.rows)
             eta = (self.end - step) * cfg.batch_size / rps if rps > 0 else float("nan")
+            skip = f" samples {s['live']:.0%} rays {s['fits']:.0%}" if "fits" in s else ""
             self.log(f"step {step}/{cfg.max_steps} loss {s['loss']:.5f} psnr {s['psnr']:.2f} lr {s['lr']:.2e} "
-                     f"{rps:,.0f} rays/s eta {_fmt_eta(eta)}")
+                     f"{rps:,.0f} rays/s{skip} eta {_fmt_eta(eta)}")
+            if "fits" in s and s["fits"] < 0.9 and step > cfg.max_steps // 10 and not self.warned_budget:
+                self.warned_budget = True
+                self.log(f"warning: only {s['fits']:.0%} of the batch's rays fit model.sample_budget="
+                         f"{cfg.model.sample_budget} ({s['live']:.0%} of the final samples are live); the rest "
+                         f"are left out of the loss: raise model.sample_budget (1.0 turns packing off)")
         if self.writer is not None and step % cfg.tb_every == 0:
             for k, v in s.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
