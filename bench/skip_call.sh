@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call: `fast` on lego400 with and without empty-space skipping (model.skip_threshold /
 # model.sample_budget), one run after another on one GPU; logs and JSON in $OUT.
+# VARIANTS: '|'-separated lists of NAME=VALUE overrides; '-' (or an empty entry) = the preset as is.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DNERF_JAX_CACHE=/tmp/jaxcache XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -12,6 +13,7 @@ IFS='|' read -ra VARIANTS <<< "${VARIANTS:-}"
 for v in "${VARIANTS[@]}"; do
   i=$((i+1))
   SETS=()
+  [ "$v" = "-" ] && v=""
   for s in $v; do SETS+=(--set "$s"); done
   echo "=== variant $i: ${v:-preset as is}"
   python3 bench/train_bench.py --data "$DATA" $COMMON "${SETS[@]}" --out "$OUT/v$i.json" 2>&1 \
