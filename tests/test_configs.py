@@ -102,3 +102,18 @@ def test_for_scene_adapts_the_recipe_to_the_capture():
     # The user's overrides are applied after it and win.
     mine = configs.override(obj, **{"model.data_loss_type": "charbonnier"})
     assert mine.model.data_loss_type == "charbonnier" and not mine.model.opaque_background
+    assert obj.model.skip_threshold == 0 and obj.model.sample_budget == 1.0  # no skipping for the MLP model
+
+    # `fast` skips empty space; on an object scene it also packs samples (object_scene_skipping).
+    fast = configs.get_preset("fast")
+    assert fast.model.skip_threshold > 0 and fast.model.sample_budget == 1.0 and fast.model.prop_sparsity_mult == 0
+    assert configs.for_scene(fast, scene()) == fast  # a capture where every ray hits something: unchanged
+    fobj = configs.for_scene(fast, scene(object_on_background=True))
+    m = fobj.model
+    assert (m.sample_budget, m.prop_sparsity_mult, m.prop_grad_fraction) == (0.35, 0.01, 0.125)
+    assert dict(m.hashgrid_options)["log2_table_size"] == 18 and not m.opaque_background
+    assert dict(m.prop_hashgrid_options) == dict(fast.model.prop_hashgrid_options)
+    assert configs.for_scene(fobj, scene(object_on_background=True)) == fobj  # idempotent
+    for name in ("tiny", "mipnerf360"):  # presets without skipping keep their sampling
+        m = configs.for_scene(configs.get_preset(name), scene(object_on_background=True)).model
+        assert m.skip_threshold == 0 and m.sample_budget == 1.0 and m.prop_sparsity_mult == 0

@@ -7,6 +7,7 @@ built once per module and shared by the tests.
 import dataclasses
 import functools
 import json
+import math
 import sys
 import types
 
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nerflib import losses, models
 from nerflib import math as nmath
@@ -345,6 +348,91 @@ def test_prop_grad_fraction_changes_only_the_proposal_gradient(tiny):
             dataclasses.replace(tiny.cfg, prop_grad_fraction=bad)
 
 
+# ----------------------------------------------------------------------------
+# Empty-space skipping.
+# ----------------------------------------------------------------------------
+
+
+def _analytic_field(means, covs, viewdirs, glo_vec):
+    """A closed-form stand-in for a Field: density |x|^2 + 0.1, colour sigmoid(x + d)."""
+    return jnp.sum(means**2, axis=-1) + 0.1, jax.nn.sigmoid(means + viewdirs[..., None, :])
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from([8, 16, 24, 12]), st.sampled_from([4, 8]), st.floats(0.05, 1.0), st.floats(0.05, 0.95),
+       st.integers(0, 2**31 - 1))
+def test_skip_empty_evaluates_exactly_the_live_samples_of_the_rays_that_fit(num_rays, n, budget, threshold, seed):
+    """Against a numpy reference of the rule: live = bound >= threshold; in each group of rays, rays
+    are kept in order while their live samples fit the budget; the field's values land where they belong."""
+    cfg = dataclasses.replace(models.model_tiny(), skip_threshold=threshold, sample_budget=budget)
+    rng = np.random.default_rng(seed)
+    bound = rng.uniform(0, 1, (num_rays, n)).astype(np.float32)
+    means = jnp.asarray(rng.normal(size=(num_rays, n, 3)), jnp.float32)
+    covs = jnp.zeros((num_rays, n, 3, 3), jnp.float32)
+    viewdirs = jnp.asarray(rng.normal(size=(num_rays, 3)), jnp.float32)
+    full_density, full_rgb = (np.asarray(a) for a in _analytic_field(means, covs, viewdirs, None))
+
+    groups = math.lcm(8, jax.device_count())
+    groups = groups if num_rays % groups == 0 else 1
+    size = num_rays // groups * n
+    slots = min(size, math.ceil(math.ceil(budget * size) / 8) * 8)
+    live = bound >= threshold
+    fits = (np.cumsum(live.sum(-1).reshape(groups, -1), axis=-1) <= slots).reshape(num_rays)
+    packed_live = live & fits[:, None]
+
+    for pack, want_live, want_fits in ((True, packed_live, fits), (False, live, np.ones(num_rays, bool))):
+        density, rgb, got_live, got_fits = models._skip_empty(_analytic_field, cfg, jnp.asarray(bound), means, covs,
+                                                              viewdirs, None, pack=pack)
+        np.testing.assert_array_equal(got_fits, want_fits if budget < 1 else np.ones(num_rays, bool))
+        np.testing.assert_array_equal(got_live, want_live if budget < 1 else live)
+        keep = np.asarray(got_live)
+        np.testing.assert_allclose(density, np.where(keep, full_density, 0.0), rtol=1e-6)
+        np.testing.assert_allclose(rgb, np.where(keep[..., None], full_rgb, 0.0), rtol=1e-6)
+    # Gradients flow back through the packing to the live samples only (d|x|^2/dx = 2x).
+    grad = jax.grad(lambda m: jnp.sum(models._skip_empty(_analytic_field, cfg, jnp.asarray(bound), m, covs, viewdirs,
+                                                         None, pack=True)[0]))(means)
+    evaluated = packed_live if budget < 1 else live
+    np.testing.assert_allclose(grad, np.where(evaluated[..., None], 2 * np.asarray(means), 0.0), rtol=1e-5)
+
+
+def test_skipping_in_the_model_packs_without_changing_the_result(tiny):
+    """The tiny model with skipping: packing (a budget every batch fits) gives the unpacked pass's loss
+    and gradients; a budget too small leaves whole rays out of the loss; validation of the options."""
+    masked = dataclasses.replace(tiny.cfg, skip_threshold=0.08)
+
+    def loss_and_grad(cfg):
+        model = models.make_model(cfg, num_images=1)
+
+        def loss_fn(v):
+            renderings, history = model.apply(v, tiny.rays, rng=jax.random.PRNGKey(5), train_frac=0.5)
+            return losses.total_loss(renderings, history, tiny.image, cfg)
+
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(tiny.params)
+
+    (l0, s0), g0 = loss_and_grad(masked)
+    assert 0.2 < float(s0["live"]) < 0.95 and float(s0["fits"]) == 1.0  # some samples skipped, no ray left out
+    (l1, s1), g1 = loss_and_grad(dataclasses.replace(masked, sample_budget=min(1.0, float(s0["live"]) + 0.15)))
+    assert float(s1["fits"]) == 1.0
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+    (_, s2), _ = loss_and_grad(dataclasses.replace(masked, sample_budget=float(s0["live"]) / 2))
+    assert 0 < float(s2["fits"]) < 0.75 and float(s2["live"]) <= float(s0["live"]) / 2 + 0.02
+    # Rendering (no rng) evaluates every sample and skips the same ones, whatever the budget.
+    def render(cfg):
+        model = models.make_model(cfg, num_images=1)
+        return jax.jit(lambda v: model.apply(v, tiny.rays, rng=None, train_frac=1.0))(tiny.params)
+
+    r_small, h_small = render(dataclasses.replace(masked, sample_budget=0.1))
+    r_all, _ = render(masked)
+    np.testing.assert_array_equal(r_small[-1]["rgb"], r_all[-1]["rgb"])
+    assert bool(h_small[-1]["fits"].all()) and not bool(h_small[-1]["live"].all())
+    for name, bad in (("skip_threshold", -1.0), ("sample_budget", 0.0), ("sample_budget", 1.5),
+                      ("prop_sparsity_mult", -0.1)):
+        with pytest.raises(ValueError, match=name):
+            dataclasses.replace(tiny.cfg, **{name: bad})
+
+
 def test_tiny_model_overfits_one_image(tiny):
     """A minimal optax loop: the tiny preset must memorise a 16x16 texture.
 
@@ -401,3 +489,38 @@ def test_interlevel_and_distortion_losses():
     assert float(jnp.abs(g_prop).sum()) > 0 and float(jnp.abs(g_final).sum()) == 0
     np.testing.assert_allclose(losses.distortion_loss(history, mult=0.5),
                                0.5 * float(jnp.mean(losses.stepfun.lossfun_distortion(t, w))), rtol=1e-6)
+
+
+def test_losses_over_the_rays_in_the_mask_equal_losses_of_those_rays_alone():
+    """Empty-space skipping leaves rays out of the loss: with a 'fits' mask every term is the loss of the kept
+    rays alone; the proposal sparsity term is the proposals' weight before their last interval."""
+    rng = np.random.default_rng(7)
+    rays, n_prop, n = 6, 5, 7
+
+    def history(idx):
+        def rnd(k):
+            t = np.sort(rng.uniform(0, 1, (rays, k + 1)), axis=-1)
+            w = rng.uniform(0, 1, (rays, k))
+            return jnp.asarray(t, jnp.float32), jnp.asarray(w / w.sum(-1, keepdims=True) * 0.9, jnp.float32)
+        (tp, wp), (tf, wf) = rnd(n_prop), rnd(n)
+        return tp, wp, tf, wf
+
+    tp, wp, tf, wf = history(None)
+    rgb = jnp.asarray(rng.uniform(0, 1, (rays, 3)), jnp.float32)
+    gt = jnp.asarray(rng.uniform(0, 1, (rays, 3)), jnp.float32)
+    fits = np.array([True, False, True, True, False, True])
+    cfg = dataclasses.replace(models.model_tiny(), prop_sparsity_mult=0.3)
+
+    def total(sel, with_mask):
+        hist = [{"sdist": tp[sel], "weights": wp[sel]}, {"sdist": tf[sel], "weights": wf[sel]}]
+        if with_mask:
+            hist[-1].update(live=jnp.ones((int(np.sum(np.ones(rays)[sel])), n), bool), fits=jnp.asarray(fits))
+        return losses.total_loss([{"rgb": rgb[sel]}], hist, gt[sel], cfg)
+
+    (loss_m, stats_m), (loss_s, stats_s) = total(slice(None), True), total(fits, False)
+    np.testing.assert_allclose(float(loss_m), float(loss_s), rtol=1e-5)
+    for k in ("data", "interlevel", "distortion", "mse", "prop_sparsity"):
+        np.testing.assert_allclose(float(stats_m[k]), float(stats_s[k]), rtol=1e-5, err_msg=k)
+    assert float(stats_m["fits"]) == pytest.approx(4 / 6)
+    np.testing.assert_allclose(float(stats_s["prop_sparsity"]), 0.3 * np.mean(np.asarray(wp)[fits][:, :-1].sum(-1)),
+                               rtol=1e-5)

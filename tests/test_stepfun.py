@@ -329,3 +329,27 @@ def test_sampler_builds_no_all_pairs_tensor():
 
     largest = _largest_intermediate(sampler, t, w)
     assert largest <= 16 * rays * (3 * n + 1), largest
+
+
+@pytest.mark.parametrize("n", [1, 12, 64])
+@pytest.mark.parametrize("dilation", [0.0, 0.0103125, 0.125])
+def test_max_dilate_on_grid_is_the_exact_dilation_maximised_per_interval(n, dilation):
+    """On each interval of t, the largest value the exact (union-of-endpoints) dilation takes there."""
+    t = rows_with_ties(n + 7, 32, n)
+    y = np.random.default_rng(3).uniform(0, 1, (32, n)).astype(np.float32) ** 3
+    y[y < 0.1] = 0.0
+    got = np.asarray(jax.jit(stepfun.max_dilate_on_grid)(f32(t), f32(y), dilation))
+    t_ex, y_ex = (np.asarray(a) for a in stepfun.max_dilate(f32(t), f32(y), dilation))
+    mid = 0.5 * (t_ex[:, 1:] + t_ex[:, :-1])
+    for r in range(32):
+        for i in range(n):
+            if t[r, i + 1] <= t[r, i]:
+                continue  # a zero-width interval carries no mass whatever its value
+            inside = (mid[r] > t[r, i]) & (mid[r] < t[r, i + 1]) & (t_ex[r, 1:] > t_ex[r, :-1])
+            assert got[r, i] == pytest.approx(y_ex[r][inside].max(), abs=1e-7), (r, i)
+    # The weights version keeps the endpoints and only ever adds mass.
+    w = y * np.diff(t, axis=-1)
+    td, wd = stepfun.max_dilate_weights(f32(t), f32(w), dilation, on_grid=True)
+    np.testing.assert_array_equal(td, f32(t))
+    assert np.all(np.asarray(wd) >= w - 1e-7)
+    np.testing.assert_allclose(stepfun.renormalize_weights(wd).sum(-1)[w.sum(-1) > 0], 1.0, rtol=1e-5)

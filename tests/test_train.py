@@ -27,7 +27,10 @@ REPO = HERE.parent.parent
 # which must equal one device's, then also check its strided split of a sharded batch.
 TOY_MODEL = dict(num_prop_samples=(8,), num_levels=2, num_nerf_samples=8, prop_net_width=16, prop_net_depth=1,
                  nerf_net_width=16, nerf_net_depth=2, bottleneck_width=8, net_width_viewdirs=8, max_deg_point=4,
-                 basis_subdivisions=1, prop_grad_fraction=0.5)
+                 basis_subdivisions=1, prop_grad_fraction=0.5,
+                 # Empty-space skipping with a budget that leaves rays out at first: the 4-device and
+                 # 2-process equality tests (test_parallel.py) cover its packing under sharding.
+                 skip_threshold=0.05, sample_budget=0.75, prop_sparsity_mult=0.01)
 
 
 def toy_config(**overrides):
