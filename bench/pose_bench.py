@@ -56,6 +56,9 @@ def colmap_version() -> str:
 STAGES = ("extraction", "matching", "mapping")
 
 
+OURS, CLI = "ours (pycolmap, in process)", "colmap CLI"
+
+
 def cpu_seconds(who: int) -> float:
     """User + system CPU seconds of this process (RUSAGE_SELF, all threads) or its waited-for children."""
     usage = resource.getrusage(who)
@@ -85,11 +88,13 @@ class Recorder:
                                                  "results": self.rows}, indent=1, default=str))
 
 
-def run_colmap(images: Path, work: Path, args, record) -> dict:
+def run_colmap(images: Path, work: Path, args, record, done: dict | None = None) -> dict:
     """The three colmap commands, one after the other; the model folder.
 
     record(stage, wall_s, cpu_s) after each; cpu_s from RUSAGE_CHILDREN, so nothing
-    else of this process may end a child process meanwhile."""
+    else of this process may end a child process meanwhile. `done`: {stage: (wall_s, cpu_s)} of
+    stages an interrupted run finished (--resume); those are not run again (their database is reused)."""
+    done = done or {}
     work.mkdir(parents=True, exist_ok=True)
     db, sparse = work / "database.db", work / "sparse"
     sparse.mkdir(exist_ok=True)
@@ -108,14 +113,20 @@ def run_colmap(images: Path, work: Path, args, record) -> dict:
                       "--Mapper.num_threads", t],
     }
     start, cpu_total = time.perf_counter(), 0.0
+    wall_before = 0.0  # the finished stages' wall time (--resume)
     for stage, command in stages.items():
+        if stage[:-2] in done:
+            wall, cpu = done[stage[:-2]]
+            wall_before, cpu_total = wall_before + wall, cpu_total + cpu
+            record(stage[:-2], wall, cpu)
+            continue
         t0, c0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         with open(work / f"{stage[:-2]}.log", "w") as log:
             subprocess.run(["colmap", *map(str, command)], check=True, stdout=log, stderr=subprocess.STDOUT)
         cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
         cpu_total += cpu
         record(stage[:-2], time.perf_counter() - t0, cpu)
-    record("total", time.perf_counter() - start, cpu_total)
+    record("total", wall_before + time.perf_counter() - start, cpu_total)
     models = sorted((p for p in sparse.iterdir() if (p / "images.bin").is_file()),
                     key=lambda p: len(scene_io.read_colmap(p, image_dir=images, check_images=False)))
     return {"model": models[-1] if models else None}
@@ -173,23 +184,44 @@ def main(argv=None) -> int:
     p.add_argument("--max-features", type=int, default=8192)
     p.add_argument("--parallel", action="store_true", help="run both tools at the same time")
     p.add_argument("--out", default="/tmp/pose_bench")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run in --out: keep the stages its results.json records "
+                        "(and their files), run the rest")
     args = p.parse_args(argv)
     if shutil.which("colmap") is None:
         raise SystemExit("the `colmap` program is not installed (Debian: apt-get install colmap)")
     import pycolmap
 
     images, out = Path(args.images), Path(args.out)
-    if out.exists():
+    before = {}
+    if args.resume and (out / "results.json").is_file():
+        before = json.loads((out / "results.json").read_text())["results"]
+    elif out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     n = len([f for f in images.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png")])
     meta = {"date": datetime.date.today().isoformat(), "host": platform.node(), "cpus": os.cpu_count(),
             "pycolmap": pycolmap.__version__, "colmap": colmap_version(), "command": " ".join(sys.argv),
             "images": n, "parallel": args.parallel}
     print(meta, flush=True)
     rec = Recorder(out / "results.json", meta)
-    runners = {"ours (pycolmap, in process)": lambda record: run_ours(images, out / "ours", args, record),
-               "colmap CLI": lambda record: run_colmap(images, out / "colmap", args, record)}
+
+    def finished_stages(tool: str) -> dict:
+        row = before.get(tool, {"timings": {}, "cpu": {}})
+        return {s: (row["timings"][f"{s}_s"], row["cpu"][f"{s}_s"]) for s in STAGES
+                if f"{s}_s" in row["timings"] and f"{s}_s" in row["cpu"]}
+
+    def resumed_ours(record):
+        """Ours finished earlier (--resume): its figures and model as they were."""
+        for stage, (wall, cpu) in finished_stages(OURS).items():
+            record(stage, wall, cpu)
+        row = before[OURS]
+        record("total", row["timings"]["total_s"], row["cpu"]["total_s"])
+        return {"model": out / "ours" / "sparse" / "0"}
+
+    ours_done = "registered" in before.get(OURS, {})
+    runners = {OURS: resumed_ours if ours_done else lambda record: run_ours(images, out / "ours", args, record),
+               CLI: lambda record: run_colmap(images, out / "colmap", args, record, done=finished_stages(CLI))}
 
     def job(name):
         """One tool; its model's statistics recorded as soon as it ends. None if it failed."""
