@@ -512,7 +512,8 @@ class NerfModel(nn.Module):
             num_samples = cfg.num_prop_samples[level] if is_prop else cfg.num_nerf_samples
             # Resampling never carries gradients back into the previous round.
             weights = jax.lax.stop_gradient(weights)
-            if level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0):
+            dilate = level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0)
+            if dilate:
                 # Widen the previous round's peaks by a fraction of its typical
                 # interval width so that small sampling shifts cannot miss them.
                 dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
@@ -521,7 +522,7 @@ class NerfModel(nn.Module):
             # The previous round's (dilated) weights, before renormalising: the envelope that
             # decides which final samples are empty (cfg.skip_threshold).
             envelope = (sdist, weights)
-            if level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0):
+            if dilate:
                 weights = stepfun.renormalize_weights(weights)
             samples_so_far *= num_samples
             # weights**anneal as logits; zero-width intervals get -inf. The
