@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from nerflib import fileio
+from nerflib import fileio, pose_checks
 from nerflib.images import check_images
 from nerflib.types import CAMERA_MODELS
 
@@ -440,6 +440,7 @@ def run_sfm(
     gpu="auto",
     seed: int = 0,
     keep_database: bool = True,
+    strict: bool = False,
     summary_path: str | os.PathLike | None = None,
     log: Callable[[str], object] = print,
     on_stage: Callable[[str, str], object] | None = None,
@@ -471,6 +472,9 @@ def run_sfm(
     min_registered_fraction: fewer registered photos than this raises SfMError.
     gpu          : "auto" (SIFT on the GPU if pycolmap has CUDA), True, False.
     seed         : COLMAP's random seed (runs are repeatable up to thread timing).
+    strict       : raise SfMError when the pose diagnostics warn (path jumps,
+                   weak images, a split view graph; nerflib.pose_checks), instead
+                   of only logging the warning.
     on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
                    "end") right around each timed stage ("extraction", "matching",
                    "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
@@ -482,7 +486,8 @@ def run_sfm(
     camera_model, cameras (model, width, height, params in full-size pixels),
     points, mean_reprojection_error_px, keypoints, matched_pairs (image
     pairs the matcher tried: n(n-1)/2 for exhaustive), verified_pairs, the settings
-    used, and timings (extraction_s, matching_s, mapping_s, total_s). Raises
+    used, diagnostics (pose_checks.diagnose: per-image observations, track
+    lengths, view graph, path continuity, warnings), and timings (extraction_s, matching_s, mapping_s, total_s). Raises
     ValueError for bad arguments, unreadable photos or a vocabulary tree that
     does not load, SfMError when too few photos register.
     """
@@ -661,6 +666,13 @@ def run_sfm(
         )
         if summary["unregistered"]:
             log(f"[sfm] unregistered: {', '.join(summary['unregistered'])}")
+        diag = pose_checks.diagnose(rec, names, database=database, ordered=True if matcher_used == "sequential" else None)
+        summary["diagnostics"] = diag
+        log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
+        if diag["warnings"]:
+            log(f"[sfm] WARNING: {pose_checks.warning_message(diag)}")
+            if strict:
+                raise SfMError(f"sfm.strict is set and the pose diagnostics warn: {pose_checks.warning_message(diag)}")
         needed = math.ceil(min_registered_fraction * n)
         if summary["registered"] < needed:
             raise SfMError(
