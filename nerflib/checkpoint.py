@@ -18,6 +18,7 @@ until they are on disk, and `close()` waits too.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from nerflib import configs
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints.corrupt"  # checkpoints that failed to restore, moved out of the way
 
 
 def save_config(model_dir: str | os.PathLike, cfg: configs.Config) -> None:
@@ -102,6 +104,31 @@ class Checkpointer:
         )
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+    def restore_latest_good(self, mesh: Mesh, *, template: Any = None, log=print,
+                            move_aside: bool = False) -> tuple[Any, int | None]:
+        """(state, step) of the newest checkpoint that restores; (None, None) if there is none.
+
+        A checkpoint that fails to restore (an empty or damaged folder: a disk that filled up, a copy
+        cut short) is skipped with a warning and the next older one is tried. With `move_aside`
+        (the trainer, which owns the folder) it is moved to `checkpoints.corrupt/` beside this
+        folder first, so that training continues from the good one and never saves over it.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self.restore(mesh, template=template, step=step), step
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged data
+                bad = self.directory.parent / CORRUPT_DIR / str(step)
+                log(f"WARNING: checkpoint {self.directory / str(step)} cannot be restored ({type(e).__name__}: "
+                    f"{str(e)[:200]}); " + (f"moved it to {bad}; " if move_aside else "")
+                    + "falling back to the previous checkpoint")
+                if move_aside:
+                    if jax.process_index() == 0:
+                        bad.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.rmtree(bad, ignore_errors=True)
+                        os.replace(self.directory / str(step), bad)
+                    self._manager.reload()
+        return None, None
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
@@ -122,21 +149,30 @@ def checkpoint_dir(model_dir: str | os.PathLike) -> Path:
     return Path(model_dir) / CHECKPOINT_DIR
 
 
+def has_checkpoints(directory: str | os.PathLike) -> bool:
+    """True if `directory` (a checkpoints/ folder) holds any step folder."""
+    directory = Path(directory)
+    return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+
+
 def restore_params(model_dir: str | os.PathLike, mesh: Mesh, *, step: int | None = None):
     """(config, params, step) of a trained model folder, params replicated over `mesh`."""
     cfg = load_config(model_dir)
     if not checkpoint_dir(model_dir).is_dir():
         raise ValueError(f"{checkpoint_dir(model_dir)} does not exist; train the model first")
     with Checkpointer(checkpoint_dir(model_dir), keep=1 << 30) as ckpt:  # keep all: reading never deletes
-        step = ckpt.latest_step() if step is None else step
         if step is None:
-            raise ValueError(f"{checkpoint_dir(model_dir)} holds no checkpoint; train the model first")
-        available = ckpt.all_steps()
-        if step not in available:
-            raise ValueError(
-                f"{checkpoint_dir(model_dir)} holds no checkpoint of step {step}; available steps: "
-                f"{', '.join(map(str, available))}; pick one of them, or leave step unset for the latest"
-            )
-        tree = ckpt.restore(mesh, step=step)
+            tree, step = ckpt.restore_latest_good(mesh)
+            if step is None:
+                raise ValueError(f"{checkpoint_dir(model_dir)} holds no checkpoint that can be restored; "
+                                 "train the model first")
+        else:
+            available = ckpt.all_steps()
+            if step not in available:
+                raise ValueError(
+                    f"{checkpoint_dir(model_dir)} holds no checkpoint of step {step}; available steps: "
+                    f"{', '.join(map(str, available))}; pick one of them, or leave step unset for the latest"
+                )
+            tree = ckpt.restore(mesh, step=step)
     params = tree["params"] if isinstance(tree, dict) else tree.params
     return cfg, params, int(step)

@@ -139,9 +139,9 @@ def evaluate(cfg: configs.Config, dataset: datasets.Dataset, params, out_dir: st
             fileio.write_image(out_dir / "views" / (Path(name).stem + ".png"), side_by_side(gt, rgb))
     mean = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
     if main:
-        lines = ["name\tpsnr\tssim"] + [f"{r['name']}\t{r['psnr']:.4f}\t{r['ssim']:.5f}" for r in rows]
-        lines.append(f"mean\t{mean['psnr']:.4f}\t{mean['ssim']:.5f}")
-        fileio.write_text(out_dir / "metrics.tsv", "\n".join(lines) + "\n")
+        table = [("name", "psnr", "ssim")] + [(r["name"], f"{r['psnr']:.4f}", f"{r['ssim']:.5f}") for r in rows]
+        table.append(("mean", f"{mean['psnr']:.4f}", f"{mean['ssim']:.5f}"))
+        fileio.write_tsv(out_dir / "metrics.tsv", table)
     seconds = time.perf_counter() - start
     log(f"mean over {len(rows)} views: psnr {mean['psnr']:.2f} ssim {mean['ssim']:.4f} ({seconds:.1f} s)")
     return {"views": rows, **mean, "seconds": seconds}

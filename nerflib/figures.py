@@ -113,5 +113,5 @@ def settings_table(config: dict, path: str | os.PathLike) -> Path:
                 rows.append((f"{prefix}{k}", str(v)))
 
     walk(config, "")
-    fileio.write_text(path, "name\tvalue\n" + "".join(f"{k}\t{v}\n" for k, v in rows))
+    fileio.write_tsv(path, [("name", "value"), *rows])
     return Path(path)

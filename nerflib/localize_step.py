@@ -317,15 +317,15 @@ def error_rows(frames: Sequence[dict], truth: dict[str, np.ndarray], norm, radiu
 def _errors_tsv(rows: list[dict]) -> str:
     """One row per query with ground truth, then 'median' (and converged as a count)."""
     cols = ERRORS_COLUMNS
-    lines = ["\t".join(cols)]
+    table = [list(cols)]
     for r in rows:
-        lines.append("\t".join(str(r[c]) if isinstance(r[c], (str, bool)) else f"{r[c]:.4f}" for c in cols))
+        table.append([str(r[c]) if isinstance(r[c], (str, bool)) else f"{r[c]:.4f}" for c in cols])
     if rows:
         num = cols[1:7]
         med = {c: float(np.median([r[c] for r in rows])) for c in num}
         conv = sum(r["converged"] for r in rows)
-        lines.append("\t".join(["median"] + [f"{med[c]:.4f}" for c in num] + [f"{conv}/{len(rows)}", ""]))
-    return "\n".join(lines) + "\n"
+        table.append(["median"] + [f"{med[c]:.4f}" for c in num] + [f"{conv}/{len(rows)}", ""])
+    return fileio.tsv_text(table)
 
 
 def _error_summary(rows: list[dict]) -> dict:

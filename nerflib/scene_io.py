@@ -624,6 +624,28 @@ def load_poses(path, fmt: str = "auto", *, image_dir=None, check_images: bool = 
     return validate_scene(scene, str(path), **kw)
 
 
+def load_poses_for_photos(path, fmt: str, images) -> Scene:
+    """`load_poses` for the photos in folder `images`: every image the file names must be a photo
+    of that folder (no `../` or absolute names reaching outside it; nothing missing)."""
+    images = Path(images)
+    scene = load_poses(path, fmt, image_dir=images)
+    root = images.resolve()
+    outside = [n for n in scene.names if not (images / n).resolve().is_relative_to(root)]
+    if outside:
+        raise ValueError(
+            f"{path}: {len(outside)} image(s) named in the poses file lie outside the photo folder {images} "
+            f"(e.g. {', '.join(outside[:3])}); name the photos relative to that folder, or point the row's "
+            "`source` at the folder that holds them"
+        )
+    missing = [n for n in scene.names if not (images / n).is_file()]
+    if missing:
+        raise ValueError(
+            f"{path}: {len(missing)} image(s) named in the poses file are not in {images} "
+            f"(e.g. {', '.join(missing[:3])}); fix the names or the `source` folder."
+        )
+    return scene
+
+
 # --------------------------------------------------------------------------
 # Normalization
 

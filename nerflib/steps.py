@@ -15,15 +15,16 @@ from pathlib import Path
 from nerflib import fileio
 
 
-def _remove_stale_temps(folder, *, recursive: bool = False, main: bool = True) -> None:
-    """Before a step writes into `folder`: delete the temp files that a killed run's atomic writes left there."""
+def _remove_stale_temps(folder, *, subfolders: tuple[str, ...] = (), main: bool = True) -> None:
+    """Before a step writes into `folder` (and the `subfolders` it owns there): delete the temp files
+    that a killed run's atomic writes left there."""
     if not main:
         return  # process 0 writes every file but checkpoints, and cleans up
-    for path in fileio.remove_stale_temps(folder, recursive=recursive):
+    for path in fileio.remove_stale_temps(folder, subfolders=subfolders):
         print(f"removed {path}, a temp file of an interrupted run")
 
 
-def _start_jax_step(folder, *, recursive: bool = False) -> None:
+def _start_jax_step(folder, *, subfolders: tuple[str, ...] = ()) -> None:
     """What every JAX step does first: join the other processes (jax.distributed, when several),
     remove temps a killed run left in `folder` (main process), and turn on the persistent
     compilation cache so that a rerun does not compile again."""
@@ -33,7 +34,7 @@ def _start_jax_step(folder, *, recursive: bool = False) -> None:
     from nerflib.train import enable_compilation_cache
 
     parallel.initialize_distributed()
-    _remove_stale_temps(folder, recursive=recursive, main=jax.process_index() == 0)
+    _remove_stale_temps(folder, subfolders=subfolders, main=jax.process_index() == 0)
     enable_compilation_cache()
 
 
@@ -41,7 +42,7 @@ def synthetic_scene(out_dir, *, views=60, heldout=8, queries=4, width=320, heigh
     """The procedural demo scene: photos, held-out views, query photos, ground truth."""
     from nerflib import synthetic
 
-    _remove_stale_temps(out_dir, recursive=True)
+    _remove_stale_temps(out_dir, subfolders=("*", "gt/*"))
     summary = synthetic.generate(out_dir, n_views=views, n_heldout=heldout, n_queries=queries,
                                  width=width, height=height, seed=seed)
     print(f"synthetic scene written to {out_dir}: {summary}")
@@ -77,14 +78,8 @@ def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="",
         _remove_stale_temps(folder)
     start = time.perf_counter()
     if poses:
-        scene = scene_io.load_poses(poses, poses_format, image_dir=images)
+        scene = scene_io.load_poses_for_photos(poses, poses_format, images)
         images_mod.check_images(images, min_images=3)
-        missing = [n for n in scene.names if not (images / n).is_file()]
-        if missing:
-            raise ValueError(
-                f"{poses}: {len(missing)} image(s) named in the poses file are not in {images} "
-                f"(e.g. {', '.join(missing[:3])}); fix the names or the `source` folder."
-            )
         scene_io.write_colmap(scene, scene_dir / "sparse" / "0")
         summary = {
             "method": "import",
@@ -130,21 +125,35 @@ def _load_split(cfg, scene_json, images, *, split: str):
     return datasets.load_for_config(configs.for_scene(cfg, scene), scene, image_dir=images, split=split)
 
 
-def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=None) -> dict:
-    """Train (or resume) the radiance field of a scene; writes model_dir/final.json last."""
+def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=None, allow_cpu=False) -> dict:
+    """Train (or resume) the radiance field of a scene; writes model_dir/final.json last.
+
+    Resumes only checkpoints of the same inputs and settings (nerflib.fingerprint); others are
+    moved to model_dir/checkpoints.old/ and training starts over. Holds model_dir/.lock while
+    it runs, so that two trainings never write one model folder. preset `auto`: picked by the
+    backend found here (configs.resolve_preset); a GPU preset on a CPU-only JAX stops with the
+    fix unless `allow_cpu` (backend.check_preset).
+    """
     import jax
 
-    from nerflib import configs, scene_io
+    from nerflib import backend, configs, fingerprint, scene_io
     from nerflib import train as train_mod
+    from nerflib.logs import tell
 
     _start_jax_step(model_dir)
+    info = backend.announce("train")
+    preset, why = configs.resolve_preset(preset, accelerator=backend.has_accelerator(info))
+    if jax.process_index() == 0:
+        tell(f"[train] {why}")
+    backend.check_preset(preset, allow_cpu=allow_cpu, info=info)
     # The capture's kind adapts the preset first; the user's overrides win over both.
     base = configs.for_scene(configs.get_preset(preset, factor=int(factor)), scene_io.read_scene_json(scene_json))
     cfg = configs.override(base, **dict(overrides or {}))
     dataset = _load_split(cfg, scene_json, images, split="train")
-    summary = train_mod.train(cfg, dataset, model_dir)
-    if jax.process_index() == 0:
-        fileio.write_json(Path(model_dir) / "final.json", {"preset": preset, **summary})
+    with fileio.folder_lock(model_dir, what="training", main=jax.process_index() == 0):
+        summary = train_mod.train(cfg, dataset, model_dir, fingerprint=fingerprint.of_training(cfg, dataset))
+        if jax.process_index() == 0:
+            fileio.write_json(Path(model_dir) / "final.json", {"preset": preset, **summary})
     return summary
 
 
@@ -153,7 +162,7 @@ def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
     from nerflib import checkpoint, parallel
     from nerflib import evaluate as eval_mod
 
-    _start_jax_step(out_dir, recursive=True)
+    _start_jax_step(out_dir, subfolders=("views",))
     mesh = parallel.make_mesh()
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     dataset = _load_split(cfg, scene_json, images, split="test")
@@ -165,9 +174,10 @@ def evaluate(scene_json, images, *, model_dir, out_dir) -> dict:
 def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(), n_frames=480, fps=60,
            factor=None) -> dict:
     """Videos along a camera path: out_dir/{color,depth,acc}.mp4 and path.json (frames/ kept for resuming)."""
-    from nerflib import video
+    from nerflib import backend, video
 
-    _start_jax_step(out_dir, recursive=True)  # stale temps in frames/ too
+    _start_jax_step(out_dir, subfolders=("frames", "frames/*"))
+    backend.announce("render")
     return video.render_path(model_dir, scene_json, out_dir, images=images, path=path, keyframes=list(keyframes),
                              n_frames=int(n_frames), fps=fps, factor=factor)
 
@@ -184,7 +194,7 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
     """
     from nerflib import localize_step
 
-    _start_jax_step(out_dir, recursive=True)
+    _start_jax_step(out_dir, subfolders=("views",))
     return localize_step.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
         gt_poses=gt_poses or None, gt_reference=gt_reference or None, sparse_dir=sparse_dir or None,
@@ -205,7 +215,7 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
     """The report's per-scene figures: out_dir/cameras.png, training.png and settings.tsv."""
     import json
 
-    from nerflib import figures, scene_io
+    from nerflib import figures, fingerprint, scene_io
 
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     _remove_stale_temps(out_dir)
@@ -219,5 +229,26 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
             print(f"report: sparse points not read from {sparse} ({type(e).__name__}: {e})")
     figures.camera_figure(scene, out_dir / "cameras.png", summary=summary)
     figures.training_figure(model_dir / "train.tsv", out_dir / "training.png")
-    figures.settings_table(json.loads((model_dir / "config.json").read_text()), out_dir / "settings.tsv")
+    settings = json.loads((model_dir / "config.json").read_text())
+    final = json.loads((model_dir / "final.json").read_text()) if (model_dir / "final.json").is_file() else {}
+    trained = fingerprint.read(model_dir)
+    if trained is not None:  # what these settings were trained on, and why training started over if it did
+        settings["trained_from"] = {"fingerprint": fingerprint.digest(trained), "images": len(trained["images"]),
+                                    "start_step": final.get("start_step"), "final_step": final.get("final_step"),
+                                    "fresh_start": "; ".join(final.get("fresh_start", [])) or "no"}
+    figures.settings_table(settings, out_dir / "settings.tsv")
     return {"out_dir": str(out_dir)}
+
+
+def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_dir=None, images=None,
+           sparse_dir=None, options=None) -> dict:
+    """Exports for other tools in out_dir: points.ply (needs the model), transforms.json, colmap/ (nerflib.export)."""
+    from nerflib import export as export_mod
+
+    what = [what] if isinstance(what, str) else list(what)
+    if "ply" in what:
+        _start_jax_step(out_dir)
+    else:
+        _remove_stale_temps(out_dir)  # colmap/ cleans up after itself (export.colmap_text)
+    return export_mod.export(out_dir, scene_json=scene_json, what=what, model_dir=model_dir, images=images,
+                             sparse_dir=sparse_dir or None, options=options)

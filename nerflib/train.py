@@ -16,10 +16,15 @@ Guards:
     state unchanged (stats['nonfinite'] = 1, TrainState.num_skipped counts them).
   * `nan_patience` such steps in a row: restore the last checkpoint, halve
     lr_mult, log it; after `max_lr_drops` of these a RuntimeError ends the run.
-  * SIGTERM (SLURM preemption / scancel) or SIGUSR1 (`sbatch --signal=USR1@300`
-    before the time limit): save a checkpoint at the current step, then raise
-    `Preempted`, a SystemExit with status 143 (128 + SIGTERM). Snakemake's
-    `retries` (profiles/slurm) resubmits the job, which resumes from there.
+  * SIGTERM (SLURM preemption / scancel), SIGUSR1 (`sbatch --signal=USR1@300`
+    before the time limit) or SIGINT (Ctrl-C): save a checkpoint at the current
+    step, then raise `Preempted`, a SystemExit with status 143 (128 + SIGTERM;
+    130 after SIGINT). Snakemake's `retries` (profiles/slurm) resubmits the
+    job, which resumes from there.
+  * A checkpoint that cannot be restored is moved to checkpoints.corrupt/ with
+    a warning and the previous one is used.
+  * Checkpoints of other inputs or settings (nerflib.fingerprint) are moved to
+    checkpoints.old/ and training starts over.
 
 Outputs under `out_dir`: config.json, checkpoints/, train.tsv (step, loss,
 psnr, lr, rays_per_s, elapsed_s; rewritten atomically), tb/ (TensorBoard
@@ -48,20 +53,24 @@ import numpy as np
 import optax
 
 from nerflib import checkpoint, configs, datasets, fileio, losses, parallel
+from nerflib import fingerprint as fp_lib
 from nerflib import evaluate as eval_lib
 from nerflib import math as nmath
 from nerflib import models
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM-killed program.
+OLD_RUN_DIR = "checkpoints.old"  # where a run of other inputs goes when a fresh training starts
 TSV_COLUMNS = ("step", "loss", "psnr", "lr", "rays_per_s", "elapsed_s")
-_PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C.
+_PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 class Preempted(SystemExit):
-    """Training stopped by a signal after saving a checkpoint; exits with status 143 if uncaught."""
+    """Training stopped by a signal after saving a checkpoint; exits with status 143 if uncaught
+    (130 after SIGINT, Ctrl-C, as a shell reports it)."""
 
     def __init__(self, step: int, signame: str = "SIGTERM"):
-        super().__init__(EXIT_PREEMPTED)
+        super().__init__(EXIT_INTERRUPTED if signame == "SIGINT" else EXIT_PREEMPTED)
         self.step = step
         self.signame = signame
 
@@ -253,7 +262,7 @@ def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBa
 
 
 class _SignalFlag:
-    """Sets a flag on SIGTERM / SIGUSR1 while active (main thread only)."""
+    """Sets a flag on SIGTERM / SIGUSR1 / SIGINT while active (main thread only)."""
 
     def __init__(self):
         self.signame: str | None = None
@@ -268,6 +277,8 @@ class _SignalFlag:
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signame is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
         self.signame = signal.Signals(signum).name
 
     def __exit__(self, *exc):
@@ -331,6 +342,16 @@ def _fmt_eta(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _move_aside(out_dir: Path) -> None:
+    """Move a stale run's checkpoints, train.tsv and tb/ to out_dir/checkpoints.old/ (replacing an older one)."""
+    old = out_dir / OLD_RUN_DIR
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir(parents=True)
+    for name in (checkpoint.CHECKPOINT_DIR, "train.tsv", "tb", fp_lib.FILE_NAME):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, old / name)
 
 
 def _check_resume_config(out_dir: Path, cfg: configs.Config, log) -> None:
@@ -448,12 +469,23 @@ class _Reporter:
 class _Run:
     """One training run's host loop: dispatch steps, read stats one step late, checkpoint, recover, stop."""
 
-    def __init__(self, cfg, dataset, out_dir: Path, *, resume, log, progress, tb, stop_after, eval_dataset, mesh):
+    def __init__(self, cfg, dataset, out_dir: Path, *, resume, log, progress, tb, stop_after, eval_dataset, mesh,
+                 fingerprint=None):
         self.cfg, self.mesh = cfg, mesh
         main = jax.process_index() == 0
         emit = log or _default_log
         self.log = (lambda msg: emit(msg)) if main else (lambda msg: None)
         ckpt_dir = out_dir / checkpoint.CHECKPOINT_DIR
+        self.fresh_reasons: list[str] = []
+        if resume and fingerprint is not None and checkpoint.has_checkpoints(ckpt_dir):
+            self.fresh_reasons = fp_lib.differences(fp_lib.read(out_dir), fingerprint)
+            parallel.sync("nerflib.train.fingerprint")  # every process decided before process 0 moves anything
+            if self.fresh_reasons:
+                self.log("the checkpoints in {} are not of this training run: {}; training from scratch "
+                         "(the old checkpoints, train.tsv and tb/ moved to {})".format(
+                             ckpt_dir, "; ".join(self.fresh_reasons), out_dir / OLD_RUN_DIR))
+                if main:
+                    _move_aside(out_dir)
         if not resume and main:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
@@ -463,6 +495,9 @@ class _Run:
             _check_resume_config(out_dir, cfg, self.log)
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.save_config(out_dir, cfg)
+        if fingerprint is not None and main:
+            fp_lib.write(out_dir, fingerprint)
+        self.fingerprint = fingerprint
 
         self.model = make_model(cfg, dataset.num_train_images)
         self.mode = datasets.choose_mode(dataset, setting=cfg.image_sharding, threshold_mb=cfg.shard_threshold_mb)
@@ -471,9 +506,12 @@ class _Run:
         self.state = init_state(cfg, dataset, init_key, mesh, model=self.model)
         self.train_key = parallel.replicate(np.asarray(jax.device_get(train_key)), mesh)
         self.ckpt = checkpoint.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints)
-        latest = self.ckpt.latest_step() if resume else None
+        latest = None
+        if resume:
+            restored, latest = self.ckpt.restore_latest_good(mesh, template=self.state, log=self.log,
+                                                               move_aside=True)
         if latest is not None:
-            self.state = self.ckpt.restore(mesh, template=self.state, step=latest)
+            self.state = restored
             self.log(f"resumed from checkpoint step {latest} in {ckpt_dir}")
             self.start = latest
         else:
@@ -641,6 +679,8 @@ class _Run:
             "devices": int(self.mesh.devices.size),
             "processes": int(jax.process_count()),
             "image_sharding": self.mode,
+            **({"fingerprint": fp_lib.digest(self.fingerprint)} if self.fingerprint is not None else {}),
+            **({"fresh_start": self.fresh_reasons} if self.fresh_reasons else {}),
         }
 
 
@@ -656,6 +696,7 @@ def train(
     stop_after: int | None = None,
     eval_dataset: datasets.Dataset | None = None,
     mesh=None,
+    fingerprint: dict | None = None,
 ) -> dict:
     """Train on `dataset` (the training split) and return a summary dict.
 
@@ -666,13 +707,16 @@ def train(
     eval_dataset: held-out views; with cfg.eval_every > 0 the PSNR of its first
       view is logged every eval_every steps.
     mesh: default parallel.make_mesh() (all devices of all processes).
+    fingerprint: what this run trains from (nerflib.fingerprint.of_training); with it, checkpoints
+      of another fingerprint are moved to out_dir/checkpoints.old/ and training starts over,
+      and the fingerprint is written to out_dir/fingerprint.json.
     Raises Preempted (exit status 143) after SIGTERM/SIGUSR1, with a checkpoint saved.
     """
     enable_compilation_cache()
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(cfg.batch_size, mesh.devices.size)
     run = _Run(cfg, dataset, Path(out_dir), resume=resume, log=log, progress=progress, tb=tb,
-               stop_after=stop_after, eval_dataset=eval_dataset, mesh=mesh)
+               stop_after=stop_after, eval_dataset=eval_dataset, mesh=mesh, fingerprint=fingerprint)
     try:
         run.run()
     finally:

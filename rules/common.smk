@@ -44,16 +44,15 @@ def _explain(path, line, scene, err):
 
 
 def load_sheet(path):
-    """Read and validate the per-scene sheet; return a DataFrame indexed by scene."""
+    """Read (verbatim: nerflib.sheet) and validate the per-scene sheet; return a DataFrame indexed by scene."""
+    from nerflib import sheet as sheet_io
+
     try:
-        raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    except Exception as e:
-        raise WorkflowError(f"cannot read the dataset sheet {path}: {e}")
-    raw.columns = [c.strip() for c in raw.columns]
+        _, rows = sheet_io.read(path)
+    except ValueError as e:
+        raise WorkflowError(str(e))
     records = []
-    for i, row in raw.iterrows():
-        line = i + 2  # header is line 1
-        record = {k: v.strip() for k, v in row.items() if v.strip() != ""}
+    for line, record in rows:
         for col in INT_COLUMNS:
             if col in record and record[col].lstrip("-").isdigit():
                 record[col] = int(record[col])
@@ -69,16 +68,18 @@ def load_sheet(path):
     dup = sheet["scene"][sheet["scene"].duplicated()].tolist()
     if dup:
         raise WorkflowError(f"{path}: scene name(s) {', '.join(dup)} appear more than once; scene names must be unique.")
+    for a, b in sheet_io.case_clashes(list(sheet["scene"])):
+        raise WorkflowError(f"{path}: scene names {a!r} and {b!r} differ only by letter case; their results "
+                            "folders would be one folder on macOS and Windows file systems. Rename one of them.")
     for rec in records:
         for column in ("source", "queries", "poses", "query_poses"):
             value = rec.get(column, "")
             if value in ("", "synthetic"):
                 continue
-            folder = Path(os.path.expandvars(os.path.expanduser(value)))
-            if not folder.exists():
+            problem = sheet_io.path_problem(os.path.expandvars(os.path.expanduser(value)))
+            if problem:
                 raise WorkflowError(
-                    f"{path}, line {rec['line']} (scene {rec['scene']!r}), column {column!r}: "
-                    f"{value!r} does not exist (resolved to {folder.resolve()}). "
+                    f"{path}, line {rec['line']} (scene {rec['scene']!r}), column {column!r}: {value!r} {problem}. "
                     "Fix the path, or use `synthetic` for the built-in demo scene."
                 )
     return sheet.set_index("scene", drop=False)
@@ -125,17 +126,83 @@ def check_photos(scene):
     try:
         from nerflib import images
 
-        images.check_images(folder, min_images=1, cache=f"{PHOTO_CHECKS}/{scene}.json")
+        # What the poses step needs too (3 photos; one size when SfM shares one camera), so that
+        # it never fails on them after Snakemake deleted an earlier run's poses.
+        sfm_camera = config["sfm"]["single_camera"] and not sheet.loc[scene, "poses"]
+        images.check_images(folder, min_images=3, single_camera=sfm_camera, cache=f"{PHOTO_CHECKS}/{scene}.json")
+        if sheet.loc[scene, "poses"]:
+            check_poses_file(scene, "poses", folder, sheet.loc[scene, "poses_format"])
     except ValueError as e:
         raise _sheet_error(scene, "source", f"{e} (checked before any job starts: no earlier output was touched)")
     _photos_checked.add(scene)
     return folder
 
 
+def check_poses_file(scene, column, folder, fmt="auto"):
+    """The row's poses file reads and names only photos of `folder` (before any job starts)."""
+    from nerflib import scene_io
+
+    try:
+        scene_io.load_poses_for_photos(resolve(sheet.loc[scene, column]), fmt, folder)
+    except ValueError as e:
+        raise _sheet_error(scene, column, f"{e} (checked before any job starts: no earlier output was touched)")
+
+
+def check_query_poses(scene):
+    """The row's query_poses file reads (before any job starts); it may name photos other than the queries."""
+    from nerflib import scene_io
+
+    try:
+        scene_io.load_poses(resolve(sheet.loc[scene, "query_poses"]), check_images=False)
+    except ValueError as e:
+        raise _sheet_error(scene, "query_poses", f"{e} (checked before any job starts: no earlier output was touched)")
+
+
+def check_query_photos(scene):
+    """The row's query photos all decode and none is too large (before any job starts)."""
+    folder = query_folder(scene)
+    if not folder or sheet.loc[scene, "queries"] == "synthetic" or scene in _photos_checked_queries:
+        return folder
+    from nerflib import images
+
+    try:
+        images.check_images(folder, min_images=1, cache=f"{PHOTO_CHECKS}/{scene}.queries.json")
+    except ValueError as e:
+        raise _sheet_error(scene, "queries", f"{e} (checked before any job starts: no earlier output was touched)")
+    _photos_checked_queries.add(scene)
+    return folder
+
+
+_photos_checked_queries = set()
+
+
+def check_settings():
+    """train.overrides and localize settings build a valid config for every row (before any job starts)."""
+    from nerflib import configs, localize
+
+    overrides = config["train"]["overrides"] or {}
+    presets = {sheet.loc[s, "preset"] or config["default_preset"] for s in sheet["scene"]}
+    for preset in sorted(p if p in configs.PRESETS else configs.AUTO_CPU_PRESET for p in presets):
+        try:
+            configs.override(configs.get_preset(preset), **overrides)
+        except ValueError as e:
+            raise WorkflowError(f"config/config.yaml, train.overrides: {e} (with preset {preset}). "
+                                "Fix or remove the entry; the fields are those of nerflib.configs.Config.")
+    settings = {k: v for k, v in config["localize"].items() if k in localize.Options.__dataclass_fields__}
+    try:
+        configs.check_fields(localize.Options, {**settings, **(config["localize"]["options"] or {})},
+                             what="localize option")
+    except ValueError as e:
+        raise WorkflowError(f"config/config.yaml, localize.options: {e}. Fix or remove the entry; the fields are "
+                            "those of nerflib.localize.Options.")
+
+
 def image_folder(wildcards):
     """The folder of full-size photos of a scene (checked: check_photos)."""
     if is_synthetic(wildcards.scene):
         return f"{synthetic_dir(wildcards.scene)}/images"
+    if intake_needed(wildcards.scene):  # a video, HEIC or EXIF-rotated photos: rules/intake.smk
+        return f"results/{wildcards.scene}/photos"
     return check_photos(wildcards.scene)
 
 
@@ -172,6 +239,7 @@ def training_images(wildcards):
 
 
 def preset_of(scene):
+    """The row's preset, else default_preset; `auto` is resolved by the train job, where the GPU is."""
     return sheet.loc[scene, "preset"] or config["default_preset"]
 
 
@@ -180,6 +248,7 @@ def train_params(wildcards):
         "preset": preset_of(wildcards.scene),
         "factor": factor_of(wildcards.scene),
         "overrides": config["train"]["overrides"],
+        "allow_cpu": config["allow_cpu"],
     }
 
 
@@ -215,6 +284,7 @@ def check_localize_columns():
 
 
 check_localize_columns()
+check_settings()
 
 
 def query_folder(scene):
@@ -249,9 +319,10 @@ def localize_input(wildcards):
         "images": training_images(wildcards),
         "model": f"results/{scene}/model/final.json",
         "sparse": f"results/{scene}/sparse/0",
-        "queries": query_folder(scene),
+        "queries": check_query_photos(scene),
     }
     if sheet.loc[scene, "query_poses"]:
+        check_query_poses(scene)
         inputs["query_poses"] = resolve(sheet.loc[scene, "query_poses"])
     truth = query_truth(scene)
     if config["localize"]["start"] == "perturbed" and truth:
@@ -291,6 +362,15 @@ def localize_errors_params(wildcards):
     return {"gt_poses": truth["gt_poses"], "gt_reference": truth["gt_reference"]}
 
 
+EXPORT_OUTPUTS = {"ply": "points.ply", "transforms": "transforms.json", "colmap": "colmap"}
+
+
+def export_targets(scene):
+    """The exports the row's `export` column asks for (rules/export.smk)."""
+    kinds = [k.strip() for k in sheet.loc[scene, "export"].split(",") if k.strip()]
+    return [f"results/{scene}/export/{EXPORT_OUTPUTS[k]}" for k in kinds]
+
+
 def all_targets():
     """The furthest product of every row."""
     targets = []
@@ -304,4 +384,5 @@ def all_targets():
             targets.append(f"results/{scene}/localize/poses.json")
             if query_truth(scene):
                 targets.append(f"results/{scene}/localize/errors.tsv")
+        targets.extend(export_targets(scene))
     return targets

@@ -193,10 +193,12 @@ def test_a_write_killed_midway_leaves_a_temp_file_that_the_next_run_removes(tmp_
     assert killed.returncode == -signal.SIGKILL
     left = list(target.parent.iterdir())
     assert len(left) == 1 and fileio.is_temp_name(left[0].name) and not target.exists(), left
-    keep = [target.parent / name for name in ("0001.png", ".hidden", ".snakemake_timestamp", ".x.png")]
+    keep = [target.parent / name for name in ("0001.png", ".hidden", ".snakemake_timestamp", ".x.png",
+                                              ".0000.png.abcd1234.png", ".env.12345678")]  # not ours: no tag
     for path in keep:
         path.write_bytes(b"x")
-    assert fileio.remove_stale_temps(tmp_path, recursive=True) == left
+    assert fileio.remove_stale_temps(tmp_path) == []  # frames/ is not one of the folders named
+    assert fileio.remove_stale_temps(tmp_path, subfolders=("frames",)) == left
     assert sorted(target.parent.iterdir()) == sorted(keep)
 
 

@@ -92,8 +92,8 @@ def _single(out: Path) -> None:
     train.train(toy_config(), ds, out / "run", progress=False, tb=False)
 
 
-def _sigterm(out: Path) -> None:
-    """Train; the log callback sends SIGTERM to this process once step 2 is reported."""
+def _sigterm(out: Path, signum: int = signal.SIGTERM) -> None:
+    """Train; the log callback sends SIGTERM (or `signum`) to this process once step 2 is reported."""
     from nerflib import datasets, train
 
     scene = datasets.toy_scene(out / "data")
@@ -102,14 +102,15 @@ def _sigterm(out: Path) -> None:
     def log(msg: str) -> None:
         print(msg, flush=True)
         if msg.startswith("step 2/"):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     train.train(toy_config(), ds, out / "sig", progress=False, tb=False, log=log)
     print("NOT PREEMPTED", flush=True)
 
 
 if __name__ == "__main__":
-    {"driver": _driver, "single": _single, "sigterm": _sigterm}[sys.argv[1]](Path(sys.argv[2]))
+    {"driver": _driver, "single": _single, "sigterm": _sigterm,
+     "sigint": lambda out: _sigterm(out, signal.SIGINT)}[sys.argv[1]](Path(sys.argv[2]))
     sys.exit(0)
 
 
@@ -219,13 +220,16 @@ def test_nan_steps_skipped_then_restore_and_lr_drop(runs):
     assert tensorboard_steps(out / "nan" / "tb") == [1, 2, 3, 4, 5, 6]
 
 
-def test_sigterm_saves_checkpoint_and_exits_143(runs, tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("sig", ["sigterm", "sigint"])
+def test_sigterm_saves_checkpoint_and_exits_143(runs, tmp_path, tmp_path_factory, sig):
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) both save a checkpoint first; 143 / 130 as a shell reports them."""
     env = subprocess_env(compile_cache(tmp_path_factory))  # the driver (`runs`) compiled this step already
-    proc = subprocess.run([sys.executable, str(HERE), "sigterm", str(tmp_path)], env=env,
+    proc = subprocess.run([sys.executable, str(HERE), sig, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     from nerflib import train
 
-    assert proc.returncode == train.EXIT_PREEMPTED, proc.stdout[-2000:] + proc.stderr[-2000:]
+    expected = train.EXIT_PREEMPTED if sig == "sigterm" else train.EXIT_INTERRUPTED
+    assert proc.returncode == expected, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "NOT PREEMPTED" not in proc.stdout
     text = proc.stdout + proc.stderr
     line = next(x for x in text.splitlines() if "saved checkpoint at step" in x)
