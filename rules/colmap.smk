@@ -15,7 +15,7 @@ rule poses:
         "logs/poses/{scene}.log",
     benchmark:
         "benchmarks/poses/{scene}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         mem_mb=8000,
         runtime=240,

@@ -10,6 +10,16 @@ from snakemake.utils import validate
 
 validate(config, schema="../config/schemas/config.schema.yaml")
 
+def _all_cores():
+    """Every core given to Snakemake (--cores), what the heavy rules ask for; 1 when none were given
+    (`snakemake --report report.zip` runs no job and needs no --cores)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
+ALL_CORES = _all_cores()
 DATASETS_SCHEMA = "../config/schemas/datasets.schema.yaml"
 SHEET_PATH = config["datasets"]
 INT_COLUMNS = ("factor",)

@@ -22,7 +22,7 @@ rule localize:
         "logs/localize/{scene}.log",
     benchmark:
         "benchmarks/localize/{scene}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=16000,

@@ -8,7 +8,7 @@ rule pyramid:
         directory("results/{scene}/images_{factor}"),
     log:
         "logs/pyramid/{scene}_{factor}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         mem_mb=4000,
         runtime=60,

@@ -34,7 +34,7 @@ rule render:
         "logs/render/{scene}.log",
     benchmark:
         "benchmarks/render/{scene}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=16000,

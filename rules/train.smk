@@ -16,7 +16,7 @@ rule train:
         "logs/train/{scene}.log",
     benchmark:
         "benchmarks/train/{scene}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=32000,
@@ -48,7 +48,7 @@ rule evaluate:
         ),
     log:
         "logs/evaluate/{scene}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=1,
         mem_mb=16000,

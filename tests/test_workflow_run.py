@@ -200,17 +200,34 @@ def test_demo_queries_localize_from_10_degrees_and_10_percent(demo_run):
         assert view.shape == (60, 240, 3)  # photo | render | difference at factor 4
 
 
+README_REPORT_COMMAND = "snakemake --report report.zip"
+
+
+def checkout_view(workdir: Path, folder: Path) -> Path:
+    """`folder` laid out as a user's checkout after the run in `workdir`: the workflow's files
+    (links into the repository) beside that run's config, results and metadata (links into workdir)."""
+    for name in ("Snakefile", "rules", "workflow_scripts", "envs", "profiles"):
+        (folder / name).symlink_to(REPO / name)
+    for name in ("config", "results", "resources", "logs", ".snakemake"):
+        (folder / name).symlink_to(workdir / name)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def demo_report(demo_run, tmp_path_factory):
-    """`snakemake --report report.html` and `--report report.zip` after the demo run (built once for the tests below)."""
+    """`snakemake --report report.html`, and the README's own report command verbatim in a checkout's
+    layout, after the demo run (built once for the tests below)."""
     folder = tmp_path_factory.mktemp("report")
-    built = {}
-    for kind in ("html", "zip"):
-        out = folder / f"report.{kind}"
-        result = snakemake(demo_run, "--report", str(out), timeout=600)
-        assert result.returncode == 0, (kind, result.stdout[-3000:] + result.stderr[-3000:])
-        built[kind] = out
-    return built
+    out = folder / "report.html"
+    result = snakemake(demo_run, "--report", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"`{README_REPORT_COMMAND}`" in (REPO / "README.md").read_text()
+    checkout = checkout_view(demo_run, tmp_path_factory.mktemp("checkout"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(README_REPORT_COMMAND, shell=True, cwd=checkout, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"html": out, "zip": checkout / "report.zip"}
 
 
 def test_report_holds_every_item(demo_run, demo_report):
