@@ -19,6 +19,7 @@ include: "rules/pyramid.smk"
 include: "rules/train.smk"
 include: "rules/render.smk"
 include: "rules/localize.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 
 

@@ -10,6 +10,8 @@ so any step can be run by hand when something goes wrong:
     nerf train results/demo/poses/scene.json results/demo/images_4 results/demo/model --preset tiny --factor 4
     nerf eval results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/eval
     nerf render results/demo/poses/scene.json results/demo/images_4 results/demo/model results/demo/render
+    nerf export results/demo/poses/scene.json results/demo/export --model results/demo/model \
+        --sparse results/demo/sparse/0
     nerf localize results/demo/poses/scene.json results/demo/images_4 results/demo/model \
         resources/synthetic/demo/queries results/demo/localize --sparse results/demo/sparse/0
 """
@@ -121,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=60)
     p.add_argument("--factor", type=int, default=None, help="render at this factor instead of the training one")
 
+    p = sub.add_parser("export", help="point cloud (PLY), poses as transforms.json and COLMAP text, for other tools")
+    p.add_argument("scene", help="poses/scene.json")
+    p.add_argument("out_dir", help="gets points.ply, transforms.json, colmap/")
+    p.add_argument("--what", default="ply,transforms,colmap", help="comma-separated: ply, transforms, colmap")
+    p.add_argument("--model", default="", help="the trained model's folder (needed by ply)")
+    p.add_argument("--images", default=None, help="image folder at the training factor (default: the scene's)")
+    p.add_argument("--sparse", default="", help="COLMAP model (sparse/0) to write as text (default: scene.json's poses)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a nerflib.export.PointCloudOptions field, e.g. --set stride=2 (repeatable)")
+
     p = sub.add_parser("localize", help="camera poses of new photos against the trained field")
     p.add_argument("scene")
     p.add_argument("images", help="image folder at the training factor")
@@ -176,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             keyframes = [k for k in args.keyframes.split(",") if k]
             steps.render(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir, path=args.path,
                          keyframes=keyframes, n_frames=args.frames, fps=args.fps, factor=args.factor)
+        elif args.step == "export":
+            steps.export(args.scene, out_dir=args.out_dir, what=[w for w in args.what.split(",") if w],
+                         model_dir=args.model or None, images=args.images, sparse_dir=args.sparse or None,
+                         options=_overrides(args.overrides))
         elif args.step == "localize":
             database = args.database
             if not database and args.sparse:

@@ -252,3 +252,17 @@ def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_d
         _remove_stale_temps(out_dir)  # colmap/ cleans up after itself (export.colmap_text)
     return export_mod.export(out_dir, scene_json=scene_json, what=what, model_dir=model_dir, images=images,
                              sparse_dir=sparse_dir or None, options=options)
+
+
+def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_dir=None, images=None,
+           sparse_dir=None, options=None) -> dict:
+    """Exports for other tools in out_dir: points.ply (needs the model), transforms.json, colmap/ (nerflib.export)."""
+    from nerflib import export as export_mod
+
+    what = [what] if isinstance(what, str) else list(what)
+    if "ply" in what:
+        _start_jax_step(out_dir)
+    else:
+        _remove_stale_temps(out_dir)  # colmap/ cleans up after itself (export.colmap_text)
+    return export_mod.export(out_dir, scene_json=scene_json, what=what, model_dir=model_dir, images=images,
+                             sparse_dir=sparse_dir or None, options=options)
