@@ -53,6 +53,7 @@ ORDER_TOP_K = 3
 # or the median centre error this fraction of the set's radius.
 ALIGN_WARN_DEG = 2.0
 ALIGN_WARN_RADIUS_FRACTION = 0.05
+BRIDGE_MAX_DEG = 120.0
 MAX_JUMPS_LISTED = 6  # in the warning; summary.json has them all
 
 ADVICE = (
@@ -174,10 +175,13 @@ def path_continuity(names: list[str], c2w) -> dict:
     Returns rot_deg / step [N - 1] between neighbours (step in the poses' units),
     their medians, `radius` (median distance of the centres from their mean),
     `jumps` [{from, to, rot_deg, step, rot_ratio, step_ratio}] and `arcs`
-    (runs of names between jumps, longest first). Frames outside the longest
-    arc are `suspect`: each arc is self-consistent, but at most one of them
-    can be placed right relative to the others; when the longest arc holds
-    less than half the frames, no arc is trusted and every frame is suspect.
+    (runs of names between jumps, longest first) and `suspect` frames. Each
+    arc is self-consistent, but arcs separated by jumps disagree; the longest
+    arc is trusted, and another arc joins it when it continues a trusted arc
+    across the frames between them (`_bridge`): a few frames put on the wrong
+    side of the object leave the path on both sides of them trusted. Frames
+    outside the trusted arcs are suspect; when those hold less than half the
+    frames, there is no consensus and every frame is suspect.
     """
     c2w = np.asarray(c2w, np.float64)
     if len(names) != len(c2w):
@@ -200,7 +204,11 @@ def path_continuity(names: list[str], c2w) -> dict:
         for k in np.flatnonzero(jump)
     ]
     cuts = [0, *(int(k) + 1 for k in np.flatnonzero(jump)), n]
-    arcs = sorted((list(names[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a), key=len, reverse=True)
+    spans = sorted(((a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a), key=lambda ab: (ab[0] - ab[1], ab[0]))
+    trusted = _bridge(spans, c2w, med_rot, med_step, step_limit)
+    if 2 * len(trusted) < n:  # no arc (or bridged set of arcs) holds half the frames: no consensus
+        trusted = set()
+    arcs = [list(names[a:b]) for a, b in spans]
     return {
         "frames": n,
         "rot_deg": [round(float(r), 3) for r in rot],
@@ -212,8 +220,40 @@ def path_continuity(names: list[str], c2w) -> dict:
         "step_limit": step_limit,
         "jumps": jumps,
         "arcs": arcs,
-        "suspect": sorted(name for arc in (arcs if 2 * len(arcs[0]) < n else arcs[1:]) for name in arc),
+        "suspect": [name for k, name in enumerate(names) if k not in trusted],
     }
+
+
+def _bridge(spans, c2w, med_rot: float, med_step: float, step_limit: float) -> set[int]:
+    """Indices of the frames in the longest span (spans[0]) and in the spans that continue it.
+
+    A span continues a trusted frame k steps before its start (or after its end)
+    when the rotation and centre distance between the two frames are within
+    1.5 * k typical steps (+ JUMP_MIN_DEG / step_limit); beyond BRIDGE_MAX_DEG
+    of expected rotation no decision is possible (rotation angles wrap at 180).
+    """
+    trusted = set(range(*spans[0]))
+    changed = True
+    while changed:
+        changed = False
+        for a, b in spans[1:]:
+            if a in trusted:
+                continue
+            for inside, outside in ((a, max((k for k in trusted if k < a), default=None)),
+                                    (b - 1, min((k for k in trusted if k >= b), default=None))):
+                if outside is None:
+                    continue
+                k = abs(inside - outside)
+                rot_allow = 1.5 * k * med_rot + JUMP_MIN_DEG
+                if rot_allow > BRIDGE_MAX_DEG:
+                    continue
+                rot = float(rigid.rotation_error_deg(c2w[inside, :, :3], c2w[outside, :, :3]))
+                dist = float(np.linalg.norm(c2w[inside, :, 3] - c2w[outside, :, 3]))
+                if rot <= rot_allow and dist <= 1.5 * k * med_step + step_limit:
+                    trusted.update(range(a, b))
+                    changed = True
+                    break
+    return trusted
 
 
 def _short(names: list[str], k: int = 12) -> str:
