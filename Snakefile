@@ -14,6 +14,7 @@ report: "rules/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/scene.smk"
+include: "rules/intake.smk"
 include: "rules/colmap.smk"
 include: "rules/pyramid.smk"
 include: "rules/train.smk"

@@ -14,6 +14,8 @@ so any step can be run by hand when something goes wrong:
         --sparse results/demo/sparse/0
     nerf localize results/demo/poses/scene.json results/demo/images_4 results/demo/model \
         resources/synthetic/demo/queries results/demo/localize --sparse results/demo/sparse/0
+    nerf intake ~/Videos/garden.mp4 results/garden/photos --fps 2   (video, HEIC or rotated photos -> upright photos)
+    nerf doctor   (what this machine gives a run: JAX backend and GPUs, pycolmap, ffmpeg, disk, ...)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 import sys
 
+from nerflib import configs
 from nerflib.types import CAMERA_MODELS
 
 
@@ -102,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scene", help="poses/scene.json")
     p.add_argument("images", help="image folder at the training factor")
     p.add_argument("model_dir")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "mipnerf360", "fast"])
+    p.add_argument("--preset", default=configs.AUTO, choices=list(configs.PRESET_CHOICES),
+                   help=f"auto (default): {configs.AUTO_GPU_PRESET} where JAX finds a GPU, {configs.AUTO_CPU_PRESET} "
+                        f"on a CPU; GPU presets ({', '.join(configs.GPU_PRESETS)}) stop on a CPU unless --allow-cpu")
+    p.add_argument("--allow-cpu", action="store_true", help="train a GPU preset even where JAX runs on the CPU")
     p.add_argument("--factor", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
@@ -133,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a nerflib.export.PointCloudOptions field, e.g. --set stride=2 (repeatable)")
 
+    p = sub.add_parser("intake", help="a video, HEIC or EXIF-rotated photos -> a folder of upright photos (rule intake)")
+    p.add_argument("source", help="a video file or a folder of photos")
+    p.add_argument("out_dir", help="output folder of photos (replaced as a whole)")
+    p.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video")
+    p.add_argument("--max-frames", type=int, default=0, help="video: at most this many frames (0 = all)")
+
+    p = sub.add_parser("doctor", help="check this machine: JAX backend and GPUs, pycolmap, ffmpeg, disk, cache, SLURM")
+    p.add_argument("--config", default="config/config.yaml", help="the workflow's config (its presets are checked)")
+    p.add_argument("--results", default="results", help="where results go (free disk is checked there)")
+
     p = sub.add_parser("localize", help="camera poses of new photos against the trained field")
     p.add_argument("scene")
     p.add_argument("images", help="image folder at the training factor")
@@ -158,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.step == "doctor":
+        from nerflib import doctor
+
+        return doctor.main(args.config, args.results)
     from nerflib import steps
     from nerflib.logs import log_to
 
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.pyramid(args.images, args.out_dir, factor=args.factor, threads=args.threads)
         elif args.step == "train":
             steps.train(args.scene, args.images, model_dir=args.model_dir, preset=args.preset, factor=args.factor,
-                        overrides=_overrides(args.overrides))
+                        overrides=_overrides(args.overrides), allow_cpu=args.allow_cpu)
         elif args.step == "eval":
             steps.evaluate(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir)
         elif args.step == "render":
@@ -192,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             steps.export(args.scene, out_dir=args.out_dir, what=[w for w in args.what.split(",") if w],
                          model_dir=args.model or None, images=args.images, sparse_dir=args.sparse or None,
                          options=_overrides(args.overrides))
+        elif args.step == "intake":
+            from nerflib import intake
+
+            intake.prepare(args.source, args.out_dir, video_fps=args.fps, max_frames=args.max_frames)
         elif args.step == "localize":
             database = args.database
             if not database and args.sparse:

@@ -27,7 +27,6 @@ from typing import Any
 from nerflib import fileio
 from nerflib.models import ModelConfig, model_mipnerf360, model_tiny
 
-PRESETS = ("mipnerf360", "tiny", "fast")
 NORMALIZE_MODES = ("360", "forward", None)
 IMAGE_SHARDING = ("auto", "replicate", "shard")
 
@@ -135,7 +134,26 @@ class Config:
 
 # --------------------------------------------------------------------------- presets
 
+# Every preset is declared once, by the `_preset` decorator on its function: its name
+# and whether it is made for a GPU. PRESETS, GPU_PRESETS, get_preset, the CLI's
+# choices and (through tests/test_configs.py) the config schemas derive from that.
+_FACTORIES: dict[str, Any] = {}
+_GPU: dict[str, bool] = {}
+AUTO = "auto"  # default_preset / --preset auto: resolve_preset picks by the accelerator present
 
+
+def _preset(*, gpu: bool):
+    """Declare the decorated function a preset; `gpu`: made for a GPU (on a CPU it stops unless allowed)."""
+
+    def declare(factory):
+        _FACTORIES[factory.__name__] = factory
+        _GPU[factory.__name__] = gpu
+        return factory
+
+    return declare
+
+
+@_preset(gpu=True)
 def mipnerf360(**overrides) -> Config:
     """mip-NeRF 360 as trained in the paper (see the field comments for each value's source).
 
@@ -154,6 +172,7 @@ TINY_HASHGRID = (("num_levels", 8), ("features_per_level", 2), ("log2_table_size
                  ("base_resolution", 16), ("max_resolution", 512))
 
 
+@_preset(gpu=False)
 def tiny(**overrides) -> Config:
     """CPU-sized (demo, CI): a small hash-grid field, 1024-ray batches, 1500 steps.
 
@@ -194,6 +213,7 @@ def tiny(**overrides) -> Config:
     return _replace(base, overrides)
 
 
+@_preset(gpu=True)
 def fast(**overrides) -> Config:
     """Hash-grid field (models field='hashgrid') with small MLPs: untuned, ours.
 
@@ -252,12 +272,35 @@ def fast(**overrides) -> Config:
     return _replace(base, overrides)
 
 
+PRESETS = tuple(_FACTORIES)  # ("mipnerf360", "tiny", "fast")
+GPU_PRESETS = tuple(name for name in PRESETS if _GPU[name])
+PRESET_CHOICES = (AUTO, *PRESETS)  # what the sheet, config.yaml and `nerf train --preset` accept
+AUTO_GPU_PRESET = "fast"  # auto on a GPU: the best held-out PSNR per minute (bench/RESULTS.md)
+AUTO_CPU_PRESET = "tiny"  # auto on a CPU
+
+
 def get_preset(name: str, **overrides) -> Config:
     """The preset `name` ('mipnerf360', 'tiny', 'fast') with `overrides` applied."""
-    factories = {"mipnerf360": mipnerf360, "tiny": tiny, "fast": fast}
-    if name not in factories:
+    if name not in _FACTORIES:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return factories[name](**overrides)
+    return _FACTORIES[name](**overrides)
+
+
+def needs_gpu(name: str) -> bool:
+    """Whether preset `name` is made for a GPU (declared with `_preset(gpu=True)`)."""
+    if name not in _GPU:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _GPU[name]
+
+
+def resolve_preset(name: str, *, accelerator: bool) -> tuple[str, str]:
+    """(preset, why): `auto` becomes AUTO_GPU_PRESET with an accelerator, else AUTO_CPU_PRESET."""
+    if name != AUTO:
+        needs_gpu(name)  # raises on an unknown name
+        return name, f"preset {name}"
+    if accelerator:
+        return AUTO_GPU_PRESET, f"preset auto -> {AUTO_GPU_PRESET} (a GPU is present)"
+    return AUTO_CPU_PRESET, f"preset auto -> {AUTO_CPU_PRESET} (no GPU: JAX runs on the CPU)"
 
 
 def override(cfg: Config, **overrides) -> Config:

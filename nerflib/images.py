@@ -6,9 +6,10 @@ stored in the file* and ignores the EXIF orientation tag. COLMAP does the same
 60), so SfM intrinsics, the image pyramid and training all see one layout.
 OpenCV's `cv2.IMREAD_COLOR` would rotate such images (OpenCV >= 3.1 applies
 the tag unless `IMREAD_IGNORE_ORIENTATION` is set), so we read with
-`IMREAD_UNCHANGED`, which never rotates. `check_images` warns when a photo
-carries a non-trivial orientation tag: such a photo looks rotated in our
-renders; re-export it with the rotation applied if that matters.
+`IMREAD_UNCHANGED`, which never rotates. The orientation is applied once,
+before any of these readers, by the workflow's intake step (nerflib.intake
+writes EXIF-rotated and HEIC photos upright into results/{scene}/photos/);
+`check_images` warns when a photo carries a non-trivial orientation tag.
 
 Short names: `name` is a file name relative to the image folder; images are
 returned as float32 `[H, W, 3]` RGB in [0, 1].
@@ -26,7 +27,10 @@ import numpy as np
 
 from nerflib import fileio
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# HEIC/HEIF (phones' default) decode through pillow-heif; COLMAP cannot read them, so the
+# workflow's intake step (nerflib/intake.py) converts them to JPEG before SfM.
+HEIF_EXTENSIONS = (".heic", ".heif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", *HEIF_EXTENSIONS)
 
 # How many offending files an error message names before it says "and N more".
 _MAX_LISTED = 5
@@ -69,6 +73,27 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     return names
 
 
+def is_heif(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(HEIF_EXTENSIONS)
+
+
+def heif_available() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow (once); False when it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    if not getattr(heif_available, "registered", False):
+        pillow_heif.register_heif_opener()
+        heif_available.registered = True
+    return True
+
+
+def _need_heif(path: Path) -> None:
+    if is_heif(path) and not heif_available():
+        raise ValueError(f"{path} is a HEIC/HEIF photo and pillow-heif is not installed: pip install pillow-heif")
+
+
 def _read_header(path: Path) -> tuple[int, int, int]:
     """(width, height, exif_orientation) after fully decoding the file.
 
@@ -78,6 +103,7 @@ def _read_header(path: Path) -> tuple[int, int, int]:
     """
     from PIL import Image
 
+    _need_heif(path)
     with Image.open(path) as im:
         width, height = im.size  # stored size: Pillow does not apply EXIF rotation here
         try:
@@ -189,8 +215,8 @@ def check_images(
     if rotated:
         warnings.warn(
             f"{len(rotated)} image(s) in {folder} carry an EXIF rotation tag ({_listing(rotated)}); "
-            "nerflib and COLMAP use the stored pixel layout and ignore the tag, so these views "
-            "appear rotated. Re-export them with the rotation applied if that matters.",
+            "nerflib and COLMAP use the stored pixel layout and ignore the tag. The workflow writes "
+            "such photos upright first (rule intake, nerflib.intake); `nerf intake FOLDER OUT` does it by hand.",
             stacklevel=2,
         )
     return sizes
@@ -201,6 +227,15 @@ def read_raw(path: str | os.PathLike):
     import cv2
 
     path = Path(path)
+    if is_heif(path):  # OpenCV has no HEIF decoder: Pillow + pillow-heif, as BGR like imdecode
+        from PIL import Image
+
+        _need_heif(path)
+        try:
+            with Image.open(path) as im:
+                return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+        except Exception as e:
+            raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or re-export it") from e
     try:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode: safe with any characters in the path
     except OSError as e:

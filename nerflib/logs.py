@@ -19,6 +19,16 @@ class StepError(Exception):
     """An error a user can fix: its message names the file and the fix."""
 
 
+_terminals: list[int] = []  # the original stderr of each active log_to, innermost last
+
+
+def tell(message: str) -> None:
+    """Print `message` (to the log inside log_to) and also to the terminal the log hides."""
+    print(message, flush=True)
+    if _terminals:
+        os.write(_terminals[-1], (message.rstrip("\n") + "\n").encode())
+
+
 @contextlib.contextmanager
 def log_to(path: str | os.PathLike | None):
     if path is None:
@@ -32,6 +42,7 @@ def log_to(path: str | os.PathLike | None):
     log = open(path, "a", buffering=1)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
+    _terminals.append(saved_err)
     try:
         yield
     except BaseException as e:
@@ -42,6 +53,7 @@ def log_to(path: str | os.PathLike | None):
         os.write(saved_err, message.encode())
         raise
     finally:
+        _terminals.pop()
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved_out, 1)

@@ -117,3 +117,18 @@ def test_for_scene_adapts_the_recipe_to_the_capture():
     for name in ("tiny", "mipnerf360"):  # presets without skipping keep their sampling
         m = configs.for_scene(configs.get_preset(name), scene(object_on_background=True)).model
         assert m.skip_threshold == 0 and m.sample_budget == 1.0 and m.prop_sparsity_mult == 0
+
+
+def test_preset_names_are_declared_once_and_the_schemas_follow():
+    """configs declares the presets (and which need a GPU); the schemas' enums must list the same names."""
+    import yaml
+
+    from pathlib import Path
+
+    schemas = Path(__file__).resolve().parents[1] / "config" / "schemas"
+    config_enum = yaml.safe_load((schemas / "config.schema.yaml").read_text())["properties"]["default_preset"]["enum"]
+    sheet_enum = yaml.safe_load((schemas / "datasets.schema.yaml").read_text())["properties"]["preset"]["enum"]
+    assert tuple(config_enum) == configs.PRESET_CHOICES
+    assert tuple(sheet_enum) == ("", *configs.PRESET_CHOICES)
+    assert configs.PRESETS == ("mipnerf360", "tiny", "fast") and configs.GPU_PRESETS == ("mipnerf360", "fast")
+    assert configs.AUTO_GPU_PRESET in configs.GPU_PRESETS and not configs.needs_gpu(configs.AUTO_CPU_PRESET)

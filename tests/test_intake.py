@@ -1,0 +1,143 @@
+"""Intake through the real workflow: HEIC photos, EXIF-rotated photos and a video file as `source`.
+
+Each case runs Snakemake on a tiny capture up to the image pyramid (intake ->
+pyramid, no SfM), so the photos every later step reads are checked: upright,
+decoded, in capture order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from nerflib import images, intake
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "scene\tsource\tcamera_model\tfactor\tpreset\tmatcher"
+
+
+def pattern(seed: int, width=96, height=64) -> np.ndarray:
+    """A smooth, asymmetric test picture (uint8 RGB): rotations and flips change it."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 60 * np.sin((x + 2 * y + 9 * seed) / 9)], axis=-1)
+    rgb[: height // 4, : width // 3] = (255, 255, 0)  # a yellow corner block: top left when upright
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def run_workflow(workdir: Path, source, targets, **config):
+    shutil.copytree(REPO / "config", workdir / "config")
+    (workdir / "config" / "datasets.tsv").write_text(f"{HEADER}\ncap\t{source}\tPINHOLE\t2\ttiny\tsequential\n")
+    settings = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    settings["intake"]["video_fps"] = config.get("fps", 2.0)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(settings))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1",
+         *targets],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def load(path) -> np.ndarray:
+    return np.asarray(images.load_image(path) * 255, dtype=np.float32)
+
+
+def test_needs_intake_says_why(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.fromarray(pattern(0)).save(plain / "a.jpg")
+    assert intake.needs_intake(plain) == ""
+    rotated = tmp_path / "rotated"
+    shutil.copytree(plain, rotated)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pattern(1)).save(rotated / "b.jpg", exif=exif)
+    assert "EXIF rotation" in intake.needs_intake(rotated)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0")
+    assert "video" in intake.needs_intake(video)
+
+
+def test_heic_photos(tmp_path):
+    """HEIC photos (and a JPEG beside them) -> JPEG copies / a link -> pyramid at factor 2."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    originals = {}
+    for i in range(3):
+        originals[f"IMG_{i}.jpg"] = pattern(i)
+        Image.fromarray(pattern(i)).save(photos / f"IMG_{i}.HEIC", quality=95)
+    originals["extra.jpg"] = pattern(7)
+    Image.fromarray(pattern(7)).save(photos / "extra.jpg", quality=95)
+    run_workflow(tmp_path / "run", photos, ["results/cap/images_2"])
+    out = tmp_path / "run" / "results" / "cap"
+    assert images.list_images(out / "photos") == sorted(originals)
+    assert (out / "photos" / "extra.jpg").is_symlink()  # plain photos are linked, not copied
+    with Image.open(out / "photos" / "IMG_0.jpg") as im:
+        assert im.format == "JPEG" and im.size == (96, 64)
+    for name, original in originals.items():
+        half = load(out / "images_2" / name)
+        assert half.shape == (32, 48, 3)
+        reference = original.astype(np.float32).reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
+        assert np.abs(half - reference).mean() < 6, name  # HEIC and JPEG are lossy: a few levels
+    log = (tmp_path / "run" / "logs" / "intake" / "cap.log").read_text()
+    assert "'converted': 3, 'linked': 1" in log
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, -1), (8, 1), (3, 2)])
+def test_exif_rotated_photos_are_used_upright(tmp_path, orientation, turn):
+    """A phone's portrait photo (landscape pixels + an EXIF rotation) reaches the pyramid upright."""
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = {f"p{i}.jpg": pattern(i) for i in range(3)}
+    for name, pixels in stored.items():
+        Image.fromarray(pixels).save(photos / name, quality=98, exif=exif)
+    run_workflow(tmp_path / "run", photos, ["results/cap/images_2"])
+    out = tmp_path / "run" / "results" / "cap"
+    for name, pixels in stored.items():
+        upright = np.rot90(pixels, k=turn)  # the independent reference: numpy's rotation
+        with Image.open(out / "photos" / name) as im:
+            assert im.getexif().get(0x0112, 1) == 1  # the tag is gone with the rotation applied
+        full = load(out / "photos" / name)
+        # JPEG twice (the photo, its upright copy) costs a few levels; a wrong turn costs ~50.
+        assert full.shape == upright.shape and np.abs(full - upright).mean() < 8, name
+        assert np.abs(full - np.rot90(upright, 2)).mean() > 30
+        half = load(out / "images_2" / name)
+        h, w = upright.shape[:2]
+        reference = upright.astype(np.float32).reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+        assert half.shape == reference.shape and np.abs(half - reference).mean() < 8, name
+
+
+def test_video_source_gives_frames_in_capture_order(tmp_path):
+    """A video as source: frames at intake.video_fps, named in capture order (for the sequential matcher)."""
+    import imageio_ffmpeg
+
+    video = tmp_path / "walk.mp4"
+    fps, n = 10, 30  # 3 s of video
+    writer = imageio_ffmpeg.write_frames(str(video), (96, 64), fps=fps, quality=9, macro_block_size=16)
+    writer.send(None)
+    for k in range(n):
+        frame = pattern(0).copy()
+        frame[:, :, :] = np.uint8(20 + 7 * k)  # brightness grows with time
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    run_workflow(tmp_path / "run", video, ["results/cap/images_2"], fps=2.0)
+    out = tmp_path / "run" / "results" / "cap"
+    names = images.list_images(out / "photos")
+    assert names == [f"frame_{i:05d}.jpg" for i in range(1, 7)]  # 3 s at 2 frames per second
+    brightness = [load(out / "photos" / name).mean() for name in names]
+    assert all(b < a for b, a in zip(brightness, brightness[1:])), brightness  # capture order
+    assert images.list_images(out / "images_2") == names
+    assert load(out / "images_2" / names[0]).shape == (32, 48, 3)
