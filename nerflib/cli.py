@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images")
     p.add_argument("model_dir")
     p.add_argument("out_dir")
-    p.add_argument("--path", default="auto", choices=["auto", "orbit", "spiral", "spline"])
+    p.add_argument("--path", default="auto",
+                   help="auto, orbit, spiral, spline (through --keyframes), or a camera path file (.json: ours or "
+                        "nerfstudio's camera_path.json, poses in scene.json's frame; see nerflib/camera_path.py)")
     p.add_argument("--keyframes", default="", help="comma-separated image names (spline path)")
     p.add_argument("--frames", type=int, default=480)
     p.add_argument("--fps", type=int, default=60)

@@ -324,20 +324,38 @@ def spline_path(c2w, keyframe_indices, *, n_frames: int, closed: bool = False) -
     length = dist + scale * angle
     counts = _share(steps, length if length.sum() > 0 else np.ones(n_seg))
 
-    # Squad's inner control rotations.
-    inner = rot.copy()
-    for i in range(k):
-        if not closed and i in (0, k - 1):
-            continue
-        w_next = rigid.log_so3(rot[i].T @ rot[(i + 1) % k])
-        w_prev = rigid.log_so3(rot[i].T @ rot[(i - 1) % k])
-        inner[i] = rot[i] @ rigid.exp_so3(-(w_next + w_prev) / 4.0)
+    spline = _Spline(keys, closed)
+    out = [spline.segment(i, np.arange(counts[i]) / counts[i]) for i in range(n_seg)]
+    if not closed:
+        out.append(keys[-1:])
+    return np.concatenate(out)
 
-    m0, m1 = _catmull_rom(p, closed)
-    out = []
-    for i in range(n_seg):
-        j = (i + 1) % k
-        h = np.arange(counts[i]) / counts[i]  # [0, 1): the segment's end is the next one's start
+
+class _Spline:
+    """The spline of `spline_path` through keyframe poses keys [K, 3, 4]: centres by centripetal
+    Catmull-Rom, rotations by squad; `segment(i, h)` evaluates segment i (keyframe i -> i + 1, the
+    last one wrapping round when closed) at fractions h [m] in [0, 1]."""
+
+    def __init__(self, keys: np.ndarray, closed: bool):
+        k = len(keys)
+        self.k, self.keys = k, keys
+        self.p, self.rot = keys[:, :, 3], keys[:, :, :3]
+        rot = self.rot
+        # Squad's inner control rotations.
+        self.inner = rot.copy()
+        for i in range(k):
+            if not closed and i in (0, k - 1):
+                continue
+            w_next = rigid.log_so3(rot[i].T @ rot[(i + 1) % k])
+            w_prev = rigid.log_so3(rot[i].T @ rot[(i - 1) % k])
+            self.inner[i] = rot[i] @ rigid.exp_so3(-(w_next + w_prev) / 4.0)
+        self.m0, self.m1 = _catmull_rom(self.p, closed)
+
+    def segment(self, i: int, h) -> np.ndarray:
+        """Poses [m, 3, 4] of segment i at fractions h [m]; h = 0 (1) is exactly keyframe i (i + 1)."""
+        p, rot, inner, m0, m1 = self.p, self.rot, self.inner, self.m0, self.m1
+        j = (i + 1) % self.k
+        h = np.asarray(h, dtype=np.float64).reshape(-1)
         h00, h10 = 2 * h**3 - 3 * h**2 + 1, h**3 - 2 * h**2 + h
         h01, h11 = -2 * h**3 + 3 * h**2, h**3 - h**2
         pos = h00[:, None] * p[i] + h10[:, None] * m0[i] + h01[:, None] * p[j] + h11[:, None] * m1[i]
@@ -345,12 +363,46 @@ def spline_path(c2w, keyframe_indices, *, n_frames: int, closed: bool = False) -
         outer = _slerp(ra, np.broadcast_to(rot[j], ra.shape), h)
         ctrl = _slerp(np.broadcast_to(inner[i], ra.shape), np.broadcast_to(inner[j], ra.shape), h)
         r = _slerp(outer, ctrl, 2.0 * h * (1.0 - h))
-        r[0] = rot[i]  # exactly the keyframe (the formulas give it up to rounding)
-        pos[0] = p[i]
-        out.append(np.concatenate([r, pos[..., None]], axis=-1))
-    if not closed:
-        out.append(keys[-1:])
-    return np.concatenate(out)
+        # Exactly the keyframes at the ends (the formulas give them up to rounding).
+        r[h == 0.0], pos[h == 0.0] = rot[i], p[i]
+        r[h == 1.0], pos[h == 1.0] = rot[j], p[j]
+        return np.concatenate([r, pos[..., None]], axis=-1)
+
+
+def keyframe_path(c2w, times, *, fps: float, fov=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A timed path through keyframe poses c2w [K, 3, 4] at times [K] (seconds, increasing), sampled at `fps`.
+
+    Between keyframes the spline of `spline_path` (Catmull-Rom centres, squad rotations), with
+    each segment's fraction h = (t - times[i]) / (times[i + 1] - times[i]): the camera keeps to
+    the keyframes' timing (a segment of 2 s gets twice the frames of one of 1 s). Frames at
+    t = times[0] + n / fps up to times[-1] (included when a whole number of frames away); the
+    first frame is the first keyframe. fov [K] (degrees), if given, is interpolated linearly in t.
+    Returns (c2w [n, 3, 4], fov [n] or None, t [n]).
+    """
+    c2w = _check_c2w(c2w)
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    if len(c2w) < 2 or len(times) != len(c2w):
+        raise ValueError(f"keyframe_path needs >= 2 keyframes with one time each, got {len(c2w)} poses "
+                         f"and {len(times)} times")
+    if not (np.isfinite(times).all() and np.all(np.diff(times) > 0)):
+        raise ValueError(f"keyframe times must be finite and strictly increasing, got {times.tolist()}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    n = int(np.floor((times[-1] - times[0]) * fps + 1e-6)) + 1
+    t = times[0] + np.arange(n) / fps
+    seg = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2)
+    h = np.clip((t - times[seg]) / (times[seg + 1] - times[seg]), 0.0, 1.0)
+    spline = _Spline(c2w, closed=False)
+    out = np.empty((n, 3, 4))
+    for i in np.unique(seg):
+        out[seg == i] = spline.segment(int(i), h[seg == i])
+    fovs = None
+    if fov is not None:
+        fov = np.asarray(fov, dtype=np.float64).reshape(-1)
+        if len(fov) != len(times) or not np.all((fov > 0) & (fov < 180)):
+            raise ValueError(f"fov must hold one angle in (0, 180) degrees per keyframe, got {fov.tolist()}")
+        fovs = np.interp(t, times, fov)
+    return out, fovs, t
 
 
 def _share(total: int, weights: np.ndarray) -> np.ndarray:

@@ -19,7 +19,12 @@
                           column (yuv420p needs even sizes; most players need yuv420p).
   path.json               the path in the scene's original frame (scene.json's:
                           the training normalization inverted) and in the model's,
-                          the camera, fps, n_frames, bounds, depth encoding.
+                          the camera (`cameras`: one per frame when a path file
+                          varies the field of view), fps, n_frames, bounds, depth encoding.
+
+`path` is a kind (orbit, spiral, spline through training images) or a camera
+path file (nerflib.camera_path: our keyframe JSON or nerfstudio's camera_path.json,
+poses in the scene's original frame).
 
 Each frame's three PNGs are written atomically as soon as it is rendered, so
 a killed job restarted with the same arguments renders only the missing
@@ -42,6 +47,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from nerflib import camera_path as camera_path_lib
 from nerflib import cameras as cam_lib
 from nerflib import checkpoint, configs, datasets, evaluate, fileio, models, parallel, paths, scene_io
 from nerflib.types import Camera
@@ -214,9 +220,12 @@ def render_camera(camera: Camera, *, factor: int, pinhole: bool = True) -> Camer
 
 
 def path_kind(frame: TrainingFrame, path: str) -> str:
-    """'auto' -> 'spiral' for forward-facing captures, else 'orbit'; other kinds unchanged (checked)."""
+    """'auto' -> 'spiral' for forward-facing captures, else 'orbit'; other kinds unchanged (checked);
+    a path file (.json) -> 'file'."""
+    if camera_path_lib.is_path_file(path):
+        return "file"
     if path not in paths.KINDS:
-        raise ValueError(f"path must be one of {paths.KINDS}, got {path!r}")
+        raise ValueError(f"path must be one of {paths.KINDS} or a path file (.json), got {path!r}")
     return ("spiral" if frame.forward_facing else "orbit") if path == "auto" else path
 
 
@@ -235,6 +244,21 @@ def build_path(frame: TrainingFrame, *, path: str = "auto", keyframes=(), n_fram
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def path_file_frames(frame: TrainingFrame, path_file, base: Camera):
+    """A camera path file (nerflib.camera_path: ours or nerfstudio's) -> (c2w [n, 3, 4] in the training
+    frame, one PINHOLE camera per frame, fps). Frame size: the file's, else `base`'s; focal length: from
+    each frame's vertical field of view, else `base`'s vertical focal length scaled to the frame height."""
+    cp = camera_path_lib.read_path(path_file)
+    c2w = cp.c2w if frame.normalization is None else scene_io.transform_poses(cp.c2w, frame.normalization["T"])
+    width, height = (cp.width, cp.height) if cp.width else (base.width, base.height)
+    base_fy = base.param("fy") * height / base.height
+    cameras = []
+    for k in range(len(c2w)):
+        fy = base_fy if cp.fov is None else camera_path_lib.focal_of(float(cp.fov[k]), height)
+        cameras.append(Camera("PINHOLE", int(width), int(height), (fy, fy, width / 2, height / 2)))
+    return np.asarray(c2w), cameras, cp.fps
 
 
 def frame_paths(out_dir: str | os.PathLike, k: int, n_frames: int) -> dict[str, Path]:
@@ -266,7 +290,9 @@ def params_digest(params) -> str:
 
 
 def _frames_meta(c2w, camera, near, far, depth_ref, step, digest) -> dict:
-    return {"c2w": np.asarray(c2w).tolist(), "camera": _camera_dict(camera), "near": float(near),
+    """camera: one Camera, or a list (one per frame, for path files)."""
+    camera = [_camera_dict(c) for c in camera] if isinstance(camera, list) else _camera_dict(camera)
+    return {"c2w": np.asarray(c2w).tolist(), "camera": camera, "near": float(near),
             "far": float(far), "depth_ref": float(depth_ref), "model_step": int(step), "model_digest": digest}
 
 
@@ -338,13 +364,16 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
       only, as training's loader does); None -> the scene's own layout.
     path: 'auto' (orbit for 360 captures, spiral for forward-facing), 'orbit',
       'spiral' or 'spline' (through `keyframes`: image names or indices among
-      all images sorted by name; held-out images may be keyframes).
+      all images sorted by name; held-out images may be keyframes), or a camera
+      path file (.json: nerflib.camera_path, ours or nerfstudio's camera_path.json),
+      whose frames, frame size, fields of view and fps replace n_frames, fps and factor.
     factor: image downsampling of the first training camera (None: the training factor).
     chunk_size: rays per rendering call (None: the config's render_chunk_size).
     pinhole: drop lens distortion from the render camera (see `render_camera`).
     path_options: passed to the path function (paths.orbit_path etc.).
     Returns {'n_frames', 'rendered', 'skipped', 'c2w' [n, 3, 4] (training frame),
-    'camera', 'near', 'far', 'depth_range', 'model_step', 'seconds'}.
+    'camera' (the first frame's), 'cameras' (one per frame), 'near', 'far', 'depth_range',
+    'model_step', 'seconds'}.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -360,18 +389,24 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     kind = path_kind(frame, path)
     if len(keyframes) and kind != "spline":
         raise ValueError(f"keyframes {list(keyframes)} are only used by path='spline', not path={path!r}")
-    c2w = build_path(frame, path=kind, keyframes=keyframes, n_frames=int(n_frames), **dict(path_options or {}))
-    n_frames = len(c2w)
     camera = render_camera(frame.cameras[frame.train[0]], factor=cfg.factor if factor is None else factor,
                            pinhole=pinhole)
+    if kind == "file":
+        c2w, cameras, fps = path_file_frames(frame, path, camera)
+        camera = cameras[0]
+    else:
+        c2w = build_path(frame, path=kind, keyframes=keyframes, n_frames=int(n_frames), **dict(path_options or {}))
+        cameras = [camera] * len(c2w)
+    n_frames = len(c2w)
+    varying = any(c != camera for c in cameras)
     near, far = frame.near, frame.far
     depth_ref = near if near > 0 else 1.0
     chunk = int(chunk_size or cfg.render_chunk_size)
 
     todo = np.ones(n_frames, bool)
     if main:
-        todo = _prepare_frames(out_dir, _frames_meta(c2w, camera, near, far, depth_ref, step, params_digest(params)),
-                               n_frames, log)
+        todo = _prepare_frames(out_dir, _frames_meta(c2w, cameras if varying else camera, near, far, depth_ref, step,
+                                                     params_digest(params)), n_frames, log)
     todo = _agree(todo)
     log(f"render: {n_frames} frames of {camera.width}x{camera.height} on the {kind} path "
         f"(model step {step}); {int(todo.sum())} to render, {n_frames - int(todo.sum())} already on disk")
@@ -382,7 +417,7 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     every = max(1, int(todo.sum()) // 10)
     done = 0
     for k in np.flatnonzero(todo):
-        rays = cam_lib.generate_rays(camera, c2w[k], near=near, far=far)
+        rays = cam_lib.generate_rays(cameras[k], c2w[k], near=near, far=far)
         out = evaluate.render_image(model, params, rays, chunk_size=chunk, mesh=mesh, render_fn=fn)
         if main:
             files = frame_paths(out_dir, int(k), n_frames)
@@ -406,10 +441,12 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
             "version": 1,
             "convention": "opencv_c2w",
             "path": kind,
+            "path_file": str(path) if kind == "file" else None,
             "keyframes": [frame.names[frame.index(k)] for k in keyframes] if kind == "spline" else [],
             "n_frames": n_frames,
             "fps": fps,
             "camera": _camera_dict(camera),
+            "cameras": [_camera_dict(c) for c in cameras] if varying else None,
             "c2w": np.asarray(original).tolist(),
             "c2w_model": np.asarray(c2w).tolist(),
             "normalization": None if frame.normalization is None else frame.normalization["mode"],
@@ -423,7 +460,7 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     seconds = time.perf_counter() - start
     log(f"render: done in {seconds:.1f} s -> {out_dir}")
     return {"n_frames": n_frames, "rendered": int(todo.sum()), "skipped": n_frames - int(todo.sum()),
-            "c2w": c2w, "camera": camera, "near": near, "far": far, "depth_range": depth_range,
+            "c2w": c2w, "camera": camera, "cameras": cameras, "near": near, "far": far, "depth_range": depth_range,
             "model_step": step, "seconds": seconds}
 
 

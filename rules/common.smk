@@ -262,11 +262,17 @@ def train_params(wildcards):
     }
 
 
+def render_path_file(wildcards):
+    """The row's camera path file ([] when render_path is a path kind): an input of rule render."""
+    path = sheet.loc[wildcards.scene, "render_path"]
+    return resolve(path) if path.lower().endswith(".json") else []
+
+
 def render_params(wildcards):
     r = sheet.loc[wildcards.scene]
     keyframes = [k.strip() for k in r["render_keyframes"].split(",") if k.strip()]
     return {
-        "path": r["render_path"],
+        "path": render_path_file(wildcards) or r["render_path"],
         "keyframes": keyframes,
         "n_frames": config["render"]["frames"],
         "fps": config["render"]["fps"],

@@ -8,6 +8,7 @@ rule render:
         scene="results/{scene}/poses/scene.json",
         images=training_images,
         model="results/{scene}/model/final.json",
+        path_file=render_path_file,
     output:
         color=report(
             "results/{scene}/render/color.mp4",

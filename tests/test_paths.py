@@ -231,3 +231,94 @@ def test_make_path_auto_picks_orbit_or_spiral():
         paths.make_path("spline", ring_cams, n_frames=4)
     with pytest.raises(ValueError, match="near and far"):
         paths.make_path("spiral", ff_cams, n_frames=4)
+
+
+# --------------------------------------------------------------------------- timed keyframes and path files
+
+
+def test_keyframe_path_keeps_the_keyframes_timing():
+    cams = ring(4)
+    times = [0.0, 1.0, 3.0, 3.5]
+    c2w, fov, t = paths.keyframe_path(cams, times, fps=4, fov=[40.0, 60.0, 60.0, 30.0])
+    assert len(c2w) == 15 and np.allclose(t, np.arange(15) / 4)  # 0 .. 3.5 s at 4 fps, both ends included
+    for key, when in enumerate(times):  # each keyframe is exactly the frame at its time
+        np.testing.assert_array_equal(c2w[int(when * 4)], cams[key])
+    assert rigid.is_rotation(c2w[:, :, :3], tol=1e-9).all()
+    np.testing.assert_allclose(fov[[0, 2, 4, 12, 14]], [40.0, 50.0, 60.0, 60.0, 30.0])
+    # the same spline as spline_path: a segment sampled at the same fractions gives the same poses
+    equal = paths.keyframe_path(cams[:2], [0.0, 1.0], fps=8)[0]
+    np.testing.assert_allclose(equal, paths.spline_path(cams, [0, 1], n_frames=9), atol=1e-12)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        paths.keyframe_path(cams[:2], [1.0, 1.0], fps=4)
+    with pytest.raises(ValueError, match="fov"):
+        paths.keyframe_path(cams[:2], [0.0, 1.0], fps=4, fov=[50.0, 190.0])
+
+
+def test_path_file_round_trip_and_opengl_convention(tmp_path):
+    import json
+
+    from nerflib import camera_path
+
+    cams = ring(3)
+    camera_path.write_path(tmp_path / "p.json", cams, [0.0, 0.5, 2.0], fps=6, fov=[50.0, 45.0, 50.0], width=32,
+                           height=24)
+    d = json.loads((tmp_path / "p.json").read_text())
+    assert d["format"] == "nerflib-camera-path" and len(d["keyframes"]) == 3 and d["keyframes"][1]["time"] == 0.5
+    cp = camera_path.read_path(tmp_path / "p.json")
+    want, fov, _ = paths.keyframe_path(cams, [0.0, 0.5, 2.0], fps=6, fov=[50.0, 45.0, 50.0])
+    np.testing.assert_allclose(cp.c2w, want, atol=1e-12)
+    np.testing.assert_allclose(cp.fov, fov)
+    assert (cp.width, cp.height, cp.fps, len(cp.c2w)) == (32, 24, 6.0, 13)
+    # the same keyframes written by hand as OpenGL 4x4 matrices, without fov or size
+    gl = np.tile(np.eye(4), (3, 1, 1))
+    gl[:, :3, :3] = cams[:, :, :3] @ np.diag([1.0, -1.0, -1.0])
+    gl[:, :3, 3] = cams[:, :, 3]
+    (tmp_path / "gl.json").write_text(json.dumps(
+        {"convention": "opengl", "fps": 6, "keyframes": [{"c2w": m.tolist(), "time": t}
+                                                        for m, t in zip(gl, [0.0, 0.5, 2.0])]}))
+    cp_gl = camera_path.read_path(tmp_path / "gl.json")
+    np.testing.assert_allclose(cp_gl.c2w, want, atol=1e-12)
+    assert cp_gl.fov is None and cp_gl.width is None
+    bad = {"keyframes": [{"c2w": (2 * np.eye(4)).tolist(), "time": 0}, {"c2w": np.eye(4).tolist(), "time": 1}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="not a rotation"):
+        camera_path.read_path(tmp_path / "bad.json")
+
+
+def test_nerfstudio_camera_path_written_and_read(tmp_path):
+    import json
+
+    from nerflib import camera_path
+
+    cams = ring(3)
+    camera_path.write_path(tmp_path / "p.json", cams, [0.0, 1.0, 2.0], fps=5, fov=[50.0, 40.0, 50.0])
+    cp = camera_path.read_path(tmp_path / "p.json")
+    camera_path.write_nerfstudio_path(tmp_path / "ns.json", cp, width=64, height=48)
+    d = json.loads((tmp_path / "ns.json").read_text())
+    assert d["render_width"] == 64 and d["render_height"] == 48 and d["fps"] == 5.0 and d["seconds"] == 2.0
+    assert len(d["camera_path"]) == 11 and len(d["camera_path"][0]["camera_to_world"]) == 16
+    # OpenGL axes, row-major: the third column is minus the viewing direction
+    m = np.array(d["camera_path"][0]["camera_to_world"]).reshape(4, 4)
+    np.testing.assert_allclose(m[:3, 2], -cams[0, :, 2], atol=1e-12)
+    # the viewer's keyframes: column-major matrices as JSON strings, with their time and fov
+    k1 = d["keyframes"][1]
+    np.testing.assert_allclose(np.array(json.loads(k1["matrix"])).reshape(4, 4).T[:3, 3], cams[1, :, 3])
+    assert ["TIME", 1.0] in json.loads(k1["properties"]) and k1["fov"] == 40.0
+    back = camera_path.read_path(tmp_path / "ns.json")
+    np.testing.assert_allclose(back.c2w, cp.c2w, atol=1e-12)
+    np.testing.assert_allclose(back.fov, cp.fov)
+    assert (back.width, back.height, back.fps) == (64, 48, 5.0)
+    # a nerfstudio model's frame mapped back through its dataparser_transforms.json (x_ns = s (R x + t))
+    rot = rigid.exp_so3(np.array([0.1, -0.2, 0.3]))
+    t, s = np.array([0.5, -1.0, 0.2]), 0.25
+    (tmp_path / "dp.json").write_text(json.dumps({"transform": np.concatenate([rot, t[:, None]], 1).tolist(),
+                                                  "scale": s}))
+    moved = dict(d)
+    ns_c2w = np.stack([np.concatenate([rot @ c[:, :3], (s * (rot @ c[:, 3] + t))[:, None]], 1) for c in cp.c2w])
+    flip = np.diag([1.0, -1.0, -1.0])  # OpenCV -> OpenGL camera axes
+    moved["camera_path"] = [
+        dict(f, camera_to_world=np.vstack([np.concatenate([c[:, :3] @ flip, c[:, 3:]], 1), [0, 0, 0, 1]]).ravel().tolist())
+        for f, c in zip(d["camera_path"], ns_c2w)]
+    (tmp_path / "ns_moved.json").write_text(json.dumps(moved))
+    back = camera_path.read_path(tmp_path / "ns_moved.json", dataparser_transforms=tmp_path / "dp.json")
+    np.testing.assert_allclose(back.c2w, cp.c2w, atol=1e-9)

@@ -24,6 +24,7 @@ N_FRAMES = 6
 FPS = 24
 # Held-out views (test_every = 4 on the 8 toy images: 000 and 004) and a training view between them.
 SPLINE_KEYS = ["000.png", "002.png", "004.png"]
+PATH_FPS = 3  # the path file's two keyframes 1 s apart: 4 frames
 
 
 # --------------------------------------------------------------------------- the subprocess side
@@ -34,6 +35,7 @@ def _driver(out: Path) -> None:
 
     from nerflib import cameras as cam_lib
     from nerflib import checkpoint, datasets, evaluate, models, parallel, train, video
+    from nerflib.types import Camera
 
     scene = datasets.toy_scene(out / "data")
     cfg = toy_config(normalize="360", test_every=4, max_steps=12, checkpoint_every=12)
@@ -85,10 +87,37 @@ def _driver(out: Path) -> None:
         for key in ("rgb", "depth", "acc"):
             arrays[f"eval_{name}_{key}"] = ev[key]
             arrays[f"path_{name}_{key}"] = direct[key]
-    np.savez(out / "renders.npz", **arrays)
+    # A two-keyframe path file (two toy cameras' poses in scene.json's frame, the field of view widening)
+    # rendered through the step the rule runs, and the same path by hand.
+    from nerflib import camera_path, steps
+
+    keys = np.stack([scene.c2w[scene.names.index(n)] for n in ("001.png", "003.png")])
+    camera_path.write_path(out / "flight.json", keys, [0.0, 1.0], fps=PATH_FPS, fov=[40.0, 60.0], width=20,
+                           height=14)
+    steps.render(scene_json, scene.image_dir, model_dir=model_dir, out_dir=out / "flight",
+                 path=str(out / "flight.json"), n_frames=99, fps=99)
+    # By hand: with two keyframes the spline is a straight line at constant speed and a slerp (Catmull-Rom
+    # tangents p1 - p0, squad's inner rotations = the keyframes'); frames at 0, 1/3, 2/3, 1 s; the training
+    # normalization x -> T x applied to centres and rotations.
+    from nerflib import rigid
+
+    t_mat = np.asarray(test.normalization["T"])
+    scale = np.cbrt(np.linalg.det(t_mat[:3, :3]))
+    omega = rigid.log_so3(keys[0, :, :3].T @ keys[1, :, :3])
+    for k, h in enumerate(np.arange(PATH_FPS + 1) / PATH_FPS):
+        rot = t_mat[:3, :3] / scale @ keys[0, :, :3] @ rigid.exp_so3(h * omega)
+        centre = t_mat[:3, :3] @ ((1 - h) * keys[0, :, 3] + h * keys[1, :, 3]) + t_mat[:3, 3]
+        f = 0.5 * 14 / np.tan(np.radians(40.0 + 20.0 * h) / 2)
+        by_hand = cam_lib.generate_rays(Camera("PINHOLE", 20, 14, (f, f, 10.0, 7.0)),
+                                        np.concatenate([rot, centre[:, None]], 1), near=spline["near"],
+                                        far=spline["far"])
+        r = evaluate.render_image(model, params, by_hand, chunk_size=cfg.render_chunk_size, mesh=mesh)
+        for key in ("rgb", "depth", "acc"):
+            arrays[f"flight_{k}_{key}"] = r[key]
     result["normalization_T_inv"] = test.normalization["T_inv"].tolist()
     result["original_c2w"] = {n: scene.c2w[scene.names.index(n)].tolist() for n in SPLINE_KEYS}
     result["devices"] = jax.device_count()
+    np.savez(out / "renders.npz", **arrays)
     (out / "result.json").write_text(json.dumps(result))
 
 
@@ -224,6 +253,31 @@ def test_depth_encoding_round_trip():
     bound = (0.2 + t[1, :2]) ** 2 / (65535 * 0.2 * t[1, :2]) / 2
     assert np.all(np.abs(back[1, :2] / t[1, :2] - 1) <= bound + 1e-6)
     assert back[0, 0] == 0 and np.isinf(back[1, 2])
+
+
+def test_path_file_renders_the_flight_drawn_by_hand(runs):
+    """A two-keyframe path file through steps.render (what rule render runs for a sheet's path file)
+    gives the frames of the same flight computed and rendered by hand."""
+    from nerflib import video
+
+    out, _ = runs
+    root = out / "flight"
+    meta = json.loads((root / "path.json").read_text())
+    assert meta["path"] == "file" and meta["n_frames"] == PATH_FPS + 1 and meta["fps"] == PATH_FPS
+    assert meta["path_file"] == str(out / "flight.json") and len(meta["cameras"]) == PATH_FPS + 1
+    assert meta["camera"]["width"] == 20 and meta["camera"]["height"] == 14
+    np.testing.assert_allclose(np.array(meta["c2w"])[[0, -1]], [json.loads((out / "flight.json").read_text())
+                                                              ["keyframes"][i]["c2w"] for i in (0, 1)], atol=1e-9)
+    with np.load(out / "renders.npz") as z:
+        for k in range(PATH_FPS + 1):
+            files = video.frame_paths(root, k, PATH_FPS + 1)
+            color = video.read_png(files["color"]).astype(int)
+            assert color.shape == (14, 20, 3)
+            assert np.abs(color - np.rint(np.clip(z[f"flight_{k}_rgb"], 0, 1) * 255)).max() <= 1
+            depth = video.decode_depth(video.read_png(files["depth"]), meta["depth_png"]["ref"])
+            np.testing.assert_allclose(depth, z[f"flight_{k}_depth"], rtol=2e-4)
+    frames, fps = _read_video(root / "color.mp4")
+    assert frames.shape == (PATH_FPS + 1, 14, 20, 3) and fps == pytest.approx(PATH_FPS)
 
 
 def test_weighted_percentile_matches_repetition():
