@@ -38,14 +38,25 @@ def _save(plt, fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+MAX_FLAGGED_LABELS = 12  # photo names written next to flagged cameras
+
+
 def camera_figure(scene, path: str | os.PathLike, *, summary: dict | None = None, max_points: int = 20000) -> Path:
-    """Top, front and side views of the cameras (dots + viewing rays) and sparse points of `scene`."""
+    """Top, front and side views of the cameras (dots + viewing rays) and sparse points of `scene`.
+
+    With the pose diagnostics in `summary` (run_sfm's "diagnostics"), the
+    flagged photos (suspect path frames, weak images) are circled in red and
+    named, and the title gives the figures and the warnings.
+    """
     centres = np.asarray(scene.c2w)[:, :, 3]
     forward = np.asarray(scene.c2w)[:, :, 2]  # OpenCV: +z looks into the scene
     spread = float(np.ptp(centres, axis=0).max()) if len(centres) > 1 else 1.0
     points = scene.points
     if points is not None and len(points) > max_points:
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    diag = (summary or {}).get("diagnostics") or {}
+    suspect = set(diag.get("continuity", {}).get("suspect", [])) | set(diag.get("weak", []))
+    flagged = [k for k, n in enumerate(scene.names) if n in suspect]
     plt, fig, axes = _figure(1, 3, (15, 5))
     for ax, (i, j, name) in zip(axes[0], ((0, 1, "x-y"), (0, 2, "x-z"), (1, 2, "y-z"))):
         if points is not None and len(points):
@@ -53,6 +64,10 @@ def camera_figure(scene, path: str | os.PathLike, *, summary: dict | None = None
         ax.quiver(centres[:, i], centres[:, j], forward[:, i], forward[:, j], color="tab:blue",
                   angles="xy", scale_units="xy", scale=1.0 / (0.08 * spread), width=0.003)
         ax.scatter(centres[:, i], centres[:, j], s=8, c=np.arange(len(centres)), cmap="viridis")
+        for k in flagged:
+            ax.scatter(centres[k, i], centres[k, j], s=40, facecolors="none", edgecolors="red", linewidths=1.2)
+        for k in flagged[:MAX_FLAGGED_LABELS]:
+            ax.annotate(scene.names[k], (centres[k, i], centres[k, j]), fontsize=6, color="red")
         ax.set_title(name)
         ax.set_aspect("equal", adjustable="datalim")
     title = f"{len(centres)} cameras"
@@ -63,7 +78,15 @@ def camera_figure(scene, path: str | os.PathLike, *, summary: dict | None = None
             title += f", mean reprojection error {summary['mean_reprojection_error_px']:.2f} px"
         if summary.get("points"):
             title += f", {summary['points']} points"
-    fig.suptitle(title + " (colour = image order; arrows = viewing direction)")
+    title += " (colour = image order; arrows = viewing direction)"
+    if diag:
+        from nerflib import pose_checks
+
+        title += "\n" + pose_checks.summary_line(diag)
+        if diag.get("warnings"):
+            title += (f"\nWARNING: {len(diag['warnings'])} pose warning(s); {len(flagged)} photo(s) flagged "
+                      "(red circles): see poses/summary.json and docs/pose_diagnostics.md")
+    fig.suptitle(title, color="red" if diag.get("warnings") else "black")
     return _save(plt, fig, path)
 
 

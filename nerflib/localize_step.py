@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from nerflib import cameras as cam_lib
-from nerflib import fileio, parallel, rigid
+from nerflib import fileio, parallel, pose_checks, rigid
 from nerflib.localize import (Options, downsample, localize, perturb_pose, score_poses, to_normalized, to_original,
                               _uses_glo)
 from nerflib.types import CAMERA_MODELS, Camera, Scene
@@ -267,6 +267,13 @@ def load_ground_truth(gt_poses, scene: Scene, *, reference=None, log: Callable[[
     rot = float(np.median(rigid.rotation_error_deg(moved[:, :, :3], dst[:, :, :3])))
     log(f"localize: ground truth mapped into the scene's frame through {len(shared)} training photos "
         f"(scale {s:.4g}; their median residual {rot:.3f} deg, {pos:.3f} % of the radius)")
+    if rot > pose_checks.ALIGN_WARN_DEG or pos > 100 * pose_checks.ALIGN_WARN_RADIUS_FRACTION:
+        worst = np.argsort(-rigid.rotation_error_deg(moved[:, :, :3], dst[:, :, :3]))[:5]
+        log(f"localize: WARNING: the ground truth and the scene's poses disagree (median residual {rot:.2f} deg, "
+            f"{pos:.1f} % of the radius; most off: {', '.join(shared[k] for k in worst)}): query errors measured "
+            "against this ground truth show the disagreement, not the localization. Check the scene's poses "
+            "(the pose diagnostics in poses/summary.json, docs/pose_diagnostics.md) and that gt and reference "
+            "name the same photos.")
     return {n: rigid.apply_similarity_to_poses(c, s, R, t) for n, c in truth.items()}
 
 

@@ -474,7 +474,8 @@ def run_sfm(
     seed         : COLMAP's random seed (runs are repeatable up to thread timing).
     strict       : raise SfMError when the pose diagnostics warn (path jumps,
                    weak images, a split view graph; nerflib.pose_checks), instead
-                   of only logging the warning.
+                   of only logging the warning; the model and summary are
+                   written first, for inspection.
     on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
                    "end") right around each timed stage ("extraction", "matching",
                    "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
@@ -671,8 +672,6 @@ def run_sfm(
         log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
         if diag["warnings"]:
             log(f"[sfm] WARNING: {pose_checks.warning_message(diag)}")
-            if strict:
-                raise SfMError(f"sfm.strict is set and the pose diagnostics warn: {pose_checks.warning_message(diag)}")
         needed = math.ceil(min_registered_fraction * n)
         if summary["registered"] < needed:
             raise SfMError(
@@ -690,6 +689,9 @@ def run_sfm(
         if keep_database:
             os.replace(database, out_dir / "database.db")
         fileio.write_json(summary_path, summary)
+        if strict and diag["warnings"]:
+            raise SfMError(f"sfm.strict is set and the pose diagnostics warn (model and summary written to {out_dir} "
+                           f"for inspection): {pose_checks.warning_message(diag)}")
         return summary
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,8 @@ construction; a pose set moved by a known similarity.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,108 @@ def test_compare_poses_warns_when_sets_disagree():
     out = pose_checks.compare_poses(est, gt, names=_names(20))
     assert out["warning"] and "disagree" in out["warning"]
     assert out["median_rot_deg"] > 2.0 and len(out["over_5_deg"]) >= 10
+
+
+# --------------------------------------------------------------------------- SfM on the adversarial capture
+
+HARD = dict(n_frames=24, width=240, height=180)
+
+
+@pytest.fixture(scope="module")
+def hard_sfm(tmp_path_factory):
+    """The default pipeline's SfM (as the `poses` step runs it, strict) on a 4-fold symmetric capture."""
+    from nerflib import scene_io, sfm
+
+    root = tmp_path_factory.mktemp("hard")
+    synthetic_hard.generate(root / "data", synthetic_hard.HardScene(symmetry=4), **HARD)
+    logs: list[str] = []
+    error = None
+    try:
+        sfm.run_sfm(root / "data" / "images", root / "sfm", camera_model="OPENCV", threads=2, strict=True,
+                    log=logs.append)
+    except sfm.SfMError as e:
+        error = str(e)
+    summary = json.loads((root / "sfm" / "poses" / "summary.json").read_text())
+    est = scene_io.read_colmap(root / "sfm" / "sparse" / "0", image_dir=root / "data" / "images")
+    gt = scene_io.read_scene_json(root / "data" / "gt" / "scene.json")
+    return {"summary": summary, "est": est, "gt": gt, "error": error, "log": "\n".join(logs)}
+
+
+def test_default_sfm_recovers_the_poses_or_flags_every_wrong_frame(hard_sfm):
+    est, gt, diag = hard_sfm["est"], hard_sfm["gt"], hard_sfm["summary"]["diagnostics"]
+    k = {n: i for i, n in enumerate(est.names)}
+    names = [n for n in gt.names if n in k]
+    cmp = pose_checks.compare_poses(est.c2w[[k[n] for n in names]], gt.c2w[[gt.names.index(n) for n in names]],
+                                    names=names)
+    recovered = cmp["median_rot_deg"] < 0.5 and cmp["max_rot_deg"] < 5.0 and len(names) == len(gt.names)
+    flagged = set(diag["continuity"]["suspect"]) | set(diag["weak"])
+    unregistered = set(gt.names) - set(names)
+    assert recovered or set(cmp["over_5_deg"]) <= flagged, (cmp["median_rot_deg"], cmp["over_5_deg"], flagged)
+    if not recovered:  # loud, by name, and strict fails
+        assert hard_sfm["error"] and "POSES MAY BE WRONG" in hard_sfm["error"]
+        assert "WARNING: POSES MAY BE WRONG" in hard_sfm["log"]
+        for name in sorted(set(cmp["over_5_deg"]))[:3]:
+            assert name in json.dumps(diag["warnings"]) or name in flagged
+    assert not unregistered or hard_sfm["summary"]["unregistered"]
+
+
+def test_summary_holds_the_diagnostics(hard_sfm):
+    diag = hard_sfm["summary"]["diagnostics"]
+    n = HARD["n_frames"]
+    assert diag["ordered"] is True  # decided from the matches: exhaustive matching, names in capture order
+    assert set(diag["images"]["observations"]) == set(hard_sfm["est"].names)
+    assert diag["images"]["track_length"]["median"] >= 2
+    graph = diag["view_graph"]
+    assert 0 < graph["verified_pairs"] <= n * (n - 1) // 2
+    assert sum(len(c) for c in graph["components"]) == n
+    assert len(diag["continuity"]["rot_deg"]) == len(hard_sfm["est"].names) - 1
+    assert "[sfm] diagnostics:" in hard_sfm["log"]
+
+
+# --------------------------------------------------------------------------- where the diagnostics show
+
+
+def _path_scene(c2w):
+    from nerflib.types import Camera, Scene
+
+    n = len(c2w)
+    return Scene(names=_names(n), c2w=np.asarray(c2w), cameras=[Camera("PINHOLE", 64, 48, (50.0, 50.0, 32.0, 24.0))],
+                 camera_idx=np.zeros(n, np.int32))
+
+
+def _red_pixels(path) -> int:
+    import cv2
+
+    bgr = cv2.imread(str(path)).astype(int)
+    return int(((bgr[..., 2] > 200) & (bgr[..., 1] < 60) & (bgr[..., 0] < 60)).sum())
+
+
+def test_camera_figure_circles_and_names_flagged_frames(tmp_path):
+    from nerflib import figures
+
+    c2w = synthetic_hard.ordered_path_c2w(32, seed=0)
+    moved = c2w.copy()
+    moved[10:15] = _turn_about_z(c2w[10:15], 170.0)
+    figs = {}
+    for key, poses in (("clean", c2w), ("jump", moved)):
+        cont = pose_checks.path_continuity(_names(32), poses)
+        diag = {"images": {"observations": {}, "track_length": {"median": 3}}, "ordered": True, "continuity": cont,
+                "weak": [], "warnings": ["jump"] if cont["jumps"] else []}
+        figs[key] = figures.camera_figure(_path_scene(poses), tmp_path / f"{key}.png",
+                                          summary={"registered": 32, "total": 32, "diagnostics": diag})
+    assert _red_pixels(figs["clean"]) == 0
+    assert _red_pixels(figs["jump"]) > 200  # five circled cameras in three views, their names, the warning
+
+
+def test_localize_ground_truth_alignment_warns_when_the_sets_disagree(tmp_path):
+    from nerflib import localize_step, scene_io
+
+    c2w = synthetic_hard.ordered_path_c2w(16, seed=0)
+    scene = _path_scene(c2w)
+    for key, ref in (("agree", c2w), ("disagree", np.concatenate([c2w[:8], _turn_about_z(c2w[8:], 170.0)]))):
+        scene_io.write_poses_json(_path_scene(ref), tmp_path / f"{key}.json")
+        logs: list[str] = []
+        localize_step.load_ground_truth(tmp_path / f"{key}.json", scene, log=logs.append)
+        warned = [m for m in logs if "WARNING" in m]
+        assert bool(warned) == (key == "disagree"), logs
+    assert "disagree" in warned[0] and "most off:" in warned[0] and ".jpg" in warned[0]
