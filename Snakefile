@@ -1,9 +1,14 @@
 # Distributed NeRF: photos -> poses -> image pyramid -> radiance field -> evaluation -> report.
 # Run `snakemake --cores all` (local) or `snakemake --profile profiles/slurm` (cluster);
 # then `snakemake --report report.html` (one file; or report.zip) for the browsable report.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# envs/nerf*.yaml install this checkout into the rules' conda environment (--sdm conda).
+os.environ.update(DNERF_ROOT=workflow.basedir)
 
 
 configfile: "config/config.yaml"

@@ -207,6 +207,27 @@ def check_settings():
                             "those of nerflib.localize.Options.")
 
 
+_intake_reasons = {}
+
+
+def intake_needed(scene):
+    """Why the row's source goes through rule intake ('' = used in place); photos checked first."""
+    if scene not in _intake_reasons:
+        from nerflib import intake
+
+        source = resolve(sheet.loc[scene, "source"])
+        if not intake.is_video(source):
+            check_photos(scene)  # every photo (HEIC too) decodes, before any job starts
+        _intake_reasons[scene] = intake.needs_intake(source)
+        if _intake_reasons[scene]:
+            logger.info(f"scene {scene}: {_intake_reasons[scene]} (rule intake -> results/{scene}/photos)")
+    return _intake_reasons[scene]
+
+
+def intake_source(wildcards):
+    return resolve(sheet.loc[wildcards.scene, "source"])
+
+
 def image_folder(wildcards):
     """The folder of full-size photos of a scene (checked: check_photos)."""
     if is_synthetic(wildcards.scene):
