@@ -176,7 +176,9 @@ def check_query_photos(scene):
     from nerflib import images
 
     try:
-        images.check_images(folder, min_images=1, cache=f"{PHOTO_CHECKS}/{scene}.queries.json")
+        # the row's own folder (query_folder may be rule intake_queries' output, not written yet)
+        images.check_images(resolve(sheet.loc[scene, "queries"]), min_images=1,
+                            cache=f"{PHOTO_CHECKS}/{scene}.queries.json")
     except ValueError as e:
         raise _sheet_error(scene, "queries", f"{e} (checked before any job starts: no earlier output was touched)")
     _photos_checked_queries.add(scene)
@@ -210,18 +212,29 @@ def check_settings():
 _intake_reasons = {}
 
 
-def intake_needed(scene):
-    """Why the row's source goes through rule intake ('' = used in place); photos checked first."""
-    if scene not in _intake_reasons:
+def intake_reason(path, output):
+    """Why the photos or video at `path` go through an intake rule into `output` ('' = used in place)."""
+    if path not in _intake_reasons:
         from nerflib import intake
 
-        source = resolve(sheet.loc[scene, "source"])
-        if not intake.is_video(source):
-            check_photos(scene)  # every photo (HEIC too) decodes, before any job starts
-        _intake_reasons[scene] = intake.needs_intake(source)
-        if _intake_reasons[scene]:
-            logger.info(f"scene {scene}: {_intake_reasons[scene]} (rule intake -> results/{scene}/photos)")
-    return _intake_reasons[scene]
+        _intake_reasons[path] = intake.needs_intake(path)
+        if _intake_reasons[path]:
+            logger.info(f"{path}: {_intake_reasons[path]} (-> {output})")
+    return _intake_reasons[path]
+
+
+def intake_needed(scene):
+    """Why the row's source goes through rule intake ('' = used in place); photos checked first."""
+    from nerflib import intake
+
+    source = resolve(sheet.loc[scene, "source"])
+    if not intake.is_video(source):
+        check_photos(scene)  # every photo (HEIC too) decodes, before any job starts
+    return intake_reason(source, f"results/{scene}/photos")
+
+
+def query_intake_source(wildcards):
+    return resolve(sheet.loc[wildcards.scene, "queries"])
 
 
 def intake_source(wildcards):
@@ -329,6 +342,8 @@ def query_folder(scene):
     queries = sheet.loc[scene, "queries"]
     if queries == "synthetic":
         return f"{synthetic_dir(scene)}/queries"
+    if queries and intake_reason(resolve(queries), f"results/{scene}/query_photos"):
+        return f"results/{scene}/query_photos"  # HEIC or EXIF-rotated: rule intake_queries
     return resolve(queries) if queries else ""
 
 

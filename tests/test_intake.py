@@ -31,9 +31,10 @@ def pattern(seed: int, width=96, height=64) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def run_workflow(workdir: Path, source, targets, **config):
+def run_workflow(workdir: Path, source, targets, queries="", **config):
     shutil.copytree(REPO / "config", workdir / "config")
-    (workdir / "config" / "datasets.tsv").write_text(f"{HEADER}\ncap\t{source}\tPINHOLE\t2\ttiny\tsequential\n")
+    (workdir / "config" / "datasets.tsv").write_text(
+        f"{HEADER}\tqueries\ncap\t{source}\tPINHOLE\t2\ttiny\tsequential\t{queries}\n")
     settings = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     settings["intake"]["video_fps"] = config.get("fps", 2.0)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(settings))
@@ -141,3 +142,22 @@ def test_video_source_gives_frames_in_capture_order(tmp_path):
     assert all(b < a for b, a in zip(brightness, brightness[1:])), brightness  # capture order
     assert images.list_images(out / "images_2") == names
     assert load(out / "images_2" / names[0]).shape == (32, 48, 3)
+
+
+def test_rotated_query_photos_are_used_upright(tmp_path):
+    """A row's `queries` folder with EXIF-rotated photos: rule intake_queries writes them upright."""
+    plain, queries = tmp_path / "photos", tmp_path / "queries"
+    plain.mkdir()
+    queries.mkdir()
+    for i in range(2):
+        Image.fromarray(pattern(i)).save(plain / f"{i}.jpg", quality=98)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pattern(5)).save(queries / "q.jpg", quality=98, exif=exif)
+    result = run_workflow(tmp_path / "run", plain, ["results/cap/query_photos"], queries=queries)
+    out = tmp_path / "run" / "results" / "cap"
+    assert not (out / "photos").exists()  # plain upright photos are used in place
+    upright = np.rot90(pattern(5), k=-1)
+    full = load(out / "query_photos" / "q.jpg")
+    assert full.shape == upright.shape and np.abs(full - upright).mean() < 8
+    assert "intake_queries" in result.stderr
