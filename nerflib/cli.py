@@ -151,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/config.yaml", help="the workflow's config (its presets are checked)")
     p.add_argument("--results", default="results", help="where results go (free disk is checked there)")
 
+    p = sub.add_parser("view", help="web viewer of a trained (or training) model (viser): http://HOST:PORT")
+    p.add_argument("model_dir")
+    p.add_argument("--scene", default="", help="poses/scene.json (default: MODEL_DIR/../poses/scene.json)")
+    p.add_argument("--images", default=None, help="image folder at the training factor (default: the scene's)")
+    p.add_argument("--sparse", default="", help="COLMAP model whose points are shown (default: MODEL_DIR/../sparse/0)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface; default: this machine)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-size", type=int, default=512, help="longer side of the still frame (pixels)")
+    p.add_argument("--preview-size", type=int, default=128, help="longer side of the frames while moving")
+    p.add_argument("--path-out", default="camera_path.json", help="where Save path writes the keyframes")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the first checkpoint")
+
     p = sub.add_parser("localize", help="camera poses of new photos against the trained field")
     p.add_argument("scene")
     p.add_argument("images", help="image folder at the training factor")
@@ -210,6 +222,17 @@ def main(argv: list[str] | None = None) -> int:
             keyframes = [k for k in args.keyframes.split(",") if k]
             steps.render(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir, path=args.path,
                          keyframes=keyframes, n_frames=args.frames, fps=args.fps, factor=args.factor)
+        elif args.step == "view":
+            from pathlib import Path
+
+            from nerflib import viewer
+
+            run = Path(args.model_dir).resolve().parent  # the results layout: results/{scene}/{model,poses,sparse}
+            sparse = args.sparse or (str(run / "sparse" / "0") if (run / "sparse" / "0").is_dir() else "")
+            options = viewer.ViewerOptions(host=args.host, port=args.port, max_size=args.max_size,
+                                           preview_size=args.preview_size, path_out=args.path_out, wait_s=args.wait)
+            viewer.Viewer(args.model_dir, args.scene or str(run / "poses" / "scene.json"), images=args.images,
+                          sparse_dir=sparse, options=options).serve_forever()
         elif args.step == "export":
             steps.export(args.scene, out_dir=args.out_dir, what=[w for w in args.what.split(",") if w],
                          model_dir=args.model or None, images=args.images, sparse_dir=args.sparse or None,

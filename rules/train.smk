@@ -12,6 +12,7 @@ rule train:
         final="results/{scene}/model/final.json",
     params:
         settings=train_params,
+        viewer=config["train"]["viewer"],
     log:
         "logs/train/{scene}.log",
     benchmark:

@@ -10,6 +10,7 @@ launcher and passes on its exit status (143 after SIGTERM: a checkpoint was
 saved and the profile's `retries` resubmits the job).
 """
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -22,6 +23,15 @@ from nerflib.logs import log_to
 model_dir = Path(snakemake.output.final).parent
 settings = snakemake.params.settings
 launcher = str(snakemake.resources.get("mpi", "") or "").strip()
+viewer = None
+if snakemake.params.viewer.get("enabled"):  # `nerf view` beside the training, following its checkpoints
+    Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "nerflib.cli", "--log", snakemake.log[0], "view", str(model_dir),
+         "--scene", snakemake.input.scene, "--images", snakemake.input.images,
+         "--host", str(snakemake.params.viewer["host"]), "--port", str(snakemake.params.viewer["port"]),
+         "--wait", "86400"],
+        env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # leave the GPU's memory to training
 
 if launcher:
     command = [*parallel.launcher_command(launcher, dict(snakemake.resources.items())),
@@ -38,7 +48,13 @@ if launcher:
     # which passes it on to the tasks; they checkpoint and exit with 143.
     signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
+    if viewer is not None:
+        viewer.terminate()
     sys.exit(status if status >= 0 else 128 - status)
 else:
-    with log_to(snakemake.log[0]):
-        steps.train(snakemake.input.scene, snakemake.input.images, model_dir=model_dir, **settings)
+    try:
+        with log_to(snakemake.log[0]):
+            steps.train(snakemake.input.scene, snakemake.input.images, model_dir=model_dir, **settings)
+    finally:
+        if viewer is not None:
+            viewer.terminate()
