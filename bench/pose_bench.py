@@ -41,11 +41,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerflib import fileio, rigid, scene_io, sfm  # noqa: E402
+from nerflib import fileio, pose_checks, scene_io, sfm  # noqa: E402
 
 
 def colmap_version() -> str:
@@ -167,10 +165,11 @@ def pose_agreement(ours: Path, theirs: Path, images: Path) -> dict:
     common = sorted(set(a.names) & set(b.names))
     ca = a.c2w[[a.names.index(n) for n in common]]
     cb = b.c2w[[b.names.index(n) for n in common]]
-    errors = rigid.pose_errors(ca, cb)  # after a similarity (Umeyama) alignment of the camera centres
-    radius = float(np.median(np.linalg.norm(cb[:, :, 3] - cb[:, :, 3].mean(0), axis=-1)))
-    return {"common": len(common), "rotation_deg": float(np.median(errors["rotation_deg"])),
-            "position_pct": 100 * float(np.median(errors["position"])) / radius}
+    # After a similarity (Umeyama) alignment of the camera centres; the residuals say whether the two agree.
+    cmp = pose_checks.compare_poses(ca, cb, names=common)
+    return {"common": len(common), "rotation_deg": cmp["median_rot_deg"], "position_pct": cmp["median_pos_pct"],
+            "max_rotation_deg": cmp["max_rot_deg"], "max_position_pct": cmp["max_pos_pct"],
+            "over_5_deg": cmp["over_5_deg"], "worst": cmp["worst"], "warning": cmp["warning"]}
 
 
 def main(argv=None) -> int:
@@ -262,7 +261,10 @@ def main(argv=None) -> int:
         agree = pose_agreement(*models.values(), images)
         rec.rows["agreement"] = agree
         print(f"\nour poses vs colmap's after a similarity alignment ({agree['common']} common images): median "
-              f"rotation {agree['rotation_deg']:.3f} deg, median position {agree['position_pct']:.3f} % of the radius")
+              f"rotation {agree['rotation_deg']:.3f} deg (max {agree['max_rotation_deg']:.2f}), median position "
+              f"{agree['position_pct']:.3f} % of the radius (max {agree['max_position_pct']:.2f} %)")
+        if agree["warning"]:
+            print(f"WARNING: {agree['warning']}; most off: {agree['worst']}")
     with rec.lock:
         rec.complete = True
         rec._write()
