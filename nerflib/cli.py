@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
 
-    p = sub.add_parser("eval", help="PSNR/SSIM on the held-out views and side-by-side images")
+    p = sub.add_parser("eval", aliases=["evaluate"],  # `evaluate`: the rule's name
+                       help="PSNR/SSIM on the held-out views and side-by-side images (rule evaluate)")
     p.add_argument("scene")
     p.add_argument("images")
     p.add_argument("model_dir")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "train":
             steps.train(args.scene, args.images, model_dir=args.model_dir, preset=args.preset, factor=args.factor,
                         overrides=_overrides(args.overrides), allow_cpu=args.allow_cpu)
-        elif args.step == "eval":
+        elif args.step in ("eval", "evaluate"):
             steps.evaluate(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir)
         elif args.step == "render":
             keyframes = [k for k in args.keyframes.split(",") if k]

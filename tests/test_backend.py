@@ -85,3 +85,10 @@ def test_nerf_doctor_on_this_cpu_machine(tmp_path):
     allowed = subprocess.run([sys.executable, "-m", "nerflib.cli", "doctor", "--config", str(config)],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert allowed.returncode == 0 and "allowed by allow_cpu" in allowed.stdout, allowed.stdout
+
+
+def test_cli_evaluate_is_eval():
+    """The rule is `evaluate`, the subcommand `eval`: both names work."""
+    for name in ("eval", "evaluate"):
+        args = cli.build_parser().parse_args([name, "s.json", "imgs", "model", "out"])
+        assert args.step == name and args.out_dir == "out"
