@@ -30,7 +30,7 @@ and the colour the rendered one. Pixels are dropped where
   * statistical outlier removal (Open3D's remove_statistical_outlier): the mean
     distance to the `nb_neighbors` nearest points is more than `std_ratio` standard
     deviations above the mean of all points' (0 turns it off).
-Then at most `max_points` points are kept (a random subset, fixed seed).
+At most `max_points` points go into the statistical filter (a random subset, fixed seed).
 """
 
 from __future__ import annotations
@@ -92,14 +92,22 @@ class PointCloudOptions:
 @dataclasses.dataclass
 class DepthView:
     """One rendered view: pinhole camera `k` = (fx, fy, cx, cy) of the sampled grid, c2w [3, 4] (OpenCV),
-    depth [h, w] along the optical axis, acc [h, w], rgb [h, w, 3] in [0, 1], points [h, w, 3]."""
+    depth [h, w] float32 along the optical axis, acc [h, w] float32, rgb [h, w, 3] uint8 (11 bytes a
+    pixel: every training view is kept for the consistency check; `stride` 2 needs a quarter)."""
 
     k: tuple[float, float, float, float]
     c2w: np.ndarray
     depth: np.ndarray
     acc: np.ndarray
     rgb: np.ndarray
-    points: np.ndarray
+
+    def unproject(self) -> np.ndarray:
+        """Points [h, w, 3]: pixel (i, j)'s centre (j + 0.5, i + 0.5) at its depth (directions with z == 1)."""
+        fx, fy, cx, cy = self.k
+        h, w = self.depth.shape
+        jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5, indexing="xy")
+        dirs_cam = np.stack([(jj - cx) / fx, (ii - cy) / fy, np.ones_like(jj)], axis=-1)
+        return self.c2w[:, 3] + (dirs_cam * self.depth[..., None].astype(np.float64)) @ self.c2w[:, :3].T
 
 
 # --------------------------------------------------------------------------- PLY
@@ -143,15 +151,12 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def depth_view(k, c2w, depth, acc, rgb) -> DepthView:
-    """A DepthView of a pinhole camera k = (fx, fy, cx, cy) (pixel (i, j) centred at (j + 0.5, i + 0.5))."""
-    fx, fy, cx, cy = (float(v) for v in k)
-    depth = np.asarray(depth, dtype=np.float64)
-    c2w = np.asarray(c2w, dtype=np.float64)
-    h, w = depth.shape
-    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5, indexing="xy")
-    dirs_cam = np.stack([(jj - cx) / fx, (ii - cy) / fy, np.ones_like(jj)], axis=-1)  # z == 1
-    points = c2w[:, 3] + (dirs_cam * depth[..., None]) @ c2w[:, :3].T
-    return DepthView((fx, fy, cx, cy), c2w, depth, np.asarray(acc, np.float64), np.asarray(rgb, np.float64), points)
+    """A DepthView of a pinhole camera k = (fx, fy, cx, cy); rgb uint8, or floats in [0, 1]."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(np.rint(np.asarray(rgb, np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return DepthView(tuple(float(v) for v in k), np.asarray(c2w, dtype=np.float64), np.asarray(depth, np.float32),
+                     np.asarray(acc, np.float32), rgb)
 
 
 def _edge_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
@@ -212,7 +217,7 @@ def statistical_inliers(points: np.ndarray, *, nb_neighbors: int, std_ratio: flo
 
 def fuse_views(views: list[DepthView], options: PointCloudOptions = PointCloudOptions(), *,
                log: Callable[[str], None] = lambda m: None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Filtered points [N, 3] and colours [N, 3] in [0, 1] of rendered views, plus counts of what each filter kept."""
+    """Filtered points [N, 3] and colours [N, 3] uint8 of rendered views, plus counts of what each filter kept."""
     pts, cols = [], []
     counts = {"pixels": 0, "opaque": 0, "not_edge": 0, "consistent": 0}
     for i, v in enumerate(views):
@@ -221,7 +226,7 @@ def fuse_views(views: list[DepthView], options: PointCloudOptions = PointCloudOp
         counts["opaque"] += int(keep.sum())
         keep &= _edge_mask(v.depth, options.edge_threshold)
         counts["not_edge"] += int(keep.sum())
-        p, c = v.points[keep], v.rgb[keep]
+        p, c = v.unproject()[keep], v.rgb[keep]
         if options.min_consistent_views > 0 and len(views) > 1:
             ok = _consistent_views(p, i, views, options.consistency_tolerance) >= options.min_consistent_views
             p, c = p[ok], c[ok]
@@ -229,13 +234,12 @@ def fuse_views(views: list[DepthView], options: PointCloudOptions = PointCloudOp
         pts.append(p)
         cols.append(c)
     points = np.concatenate(pts) if pts else np.zeros((0, 3))
-    colors = np.concatenate(cols) if cols else np.zeros((0, 3))
-    ok = statistical_inliers(points, nb_neighbors=options.nb_neighbors, std_ratio=options.std_ratio)
-    points, colors = points[ok], colors[ok]
-    counts["statistical"] = len(points)
-    if options.max_points and len(points) > options.max_points:
+    colors = np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8)
+    if options.max_points and len(points) > options.max_points:  # before the k-NN search: it bounds its time
         pick = np.sort(np.random.default_rng(0).choice(len(points), options.max_points, replace=False))
         points, colors = points[pick], colors[pick]
+    ok = statistical_inliers(points, nb_neighbors=options.nb_neighbors, std_ratio=options.std_ratio)
+    points, colors = points[ok], colors[ok]
     counts["written"] = len(points)
     log("export: points kept by each filter: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return points, colors, counts
@@ -277,11 +281,7 @@ def render_depth_views(model_dir, scene_json, *, images=None, options: PointClou
         k = (fx / s, fy / s, (cx - 0.5) / s + 0.5, (cy - 0.5) / s + 0.5)
         rays = cam_lib.generate_rays(camera, frame.c2w[i], pixels=grid, near=frame.near, far=frame.far)
         out = evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
-        view = depth_view(k, frame.c2w[i], out["depth"], out["acc"], np.clip(out["rgb"], 0.0, 1.0))
-        # The rays themselves give the points (identical to the pinhole unprojection up to rounding).
-        view.points = (np.asarray(rays.origins, np.float64)
-                       + np.asarray(rays.directions, np.float64) * view.depth[..., None])
-        views.append(view)
+        views.append(depth_view(k, frame.c2w[i], out["depth"], out["acc"], np.clip(out["rgb"], 0.0, 1.0)))
         if (n + 1) % max(1, len(which) // 5) == 0 or n + 1 == len(which):
             log(f"export: rendered {n + 1}/{len(which)} training views ({grid.shape[1]}x{grid.shape[0]})")
     return views, frame.normalization, int(step)
