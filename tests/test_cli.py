@@ -64,7 +64,8 @@ def test_every_step_by_hand_on_the_demo(tmp_path, capsys):
     assert (scene_dir / "sparse" / "0").is_dir() and (scene_dir / "images").is_symlink()
     nerf("pyramid", demo / "images", scene_dir / "images_2", "--factor", 2, "--threads", 1)
     assert len(list((scene_dir / "images_2").glob("*.jpg"))) == 16
-    nerf("train", scene_dir / "poses" / "scene.json", scene_dir / "images_2", model, "--preset", "tiny",
+    # no --preset: auto, which is tiny on the CPU (the log says so)
+    nerf("train", scene_dir / "poses" / "scene.json", scene_dir / "images_2", model,
          "--factor", 2, "--set", "max_steps=20", "--set", "checkpoint_every=20", "--set", "batch_size=256",
          "--set", "test_every=4")
     final = json.loads((model / "final.json").read_text())
@@ -86,3 +87,5 @@ def test_every_step_by_hand_on_the_demo(tmp_path, capsys):
     printed = capsys.readouterr()
     text = printed.out + printed.err + (log.read_text() if log.exists() else "")
     assert "cameras written to" in text and "evaluated step 20" in text
+    assert "[train] preset auto -> tiny (no GPU" in text
+    assert "[train] JAX" in text and "[render] JAX" in text and "backend cpu" in text
