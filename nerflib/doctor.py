@@ -113,13 +113,16 @@ def check_presets(info: dict | None, config_path: str | os.PathLike = "config/co
                     "allow_cpu: true.")]
 
 
-def check_pycolmap() -> Finding:
+def check_pycolmap(gpus: list[str] | None = None) -> Finding:
     try:
         import pycolmap
     except Exception as e:
         return Finding("pycolmap", FAIL, f"does not import: {e}", 'pip install -e .')
     cuda = bool(getattr(pycolmap, "has_cuda", False))
-    return Finding("pycolmap", OK, f"{pycolmap.__version__}, SIFT on {'GPU (CUDA build)' if cuda else 'CPU'}")
+    detail = f"{pycolmap.__version__}, SIFT on {'GPU (CUDA build)' if cuda else 'CPU'}"
+    if gpus and not cuda:  # the same module name: one build replaces the other
+        detail += "; for SIFT on the GPU: pip uninstall pycolmap && pip install pycolmap-cuda12"
+    return Finding("pycolmap", OK, detail)
 
 
 def check_ffmpeg() -> Finding:
@@ -178,8 +181,9 @@ def check_slurm() -> Finding:
 
 
 def run_checks(config_path="config/config.yaml", results="results") -> list[Finding]:
-    jax_findings, info = check_jax()
-    return [*jax_findings, *check_presets(info, config_path), check_pycolmap(), check_ffmpeg(), check_heif(),
+    gpus = _nvidia_gpus()
+    jax_findings, info = check_jax(gpus)
+    return [*jax_findings, *check_presets(info, config_path), check_pycolmap(gpus), check_ffmpeg(), check_heif(),
             check_disk(results), check_cache(), check_slurm()]
 
 

@@ -92,3 +92,17 @@ def test_cli_evaluate_is_eval():
     for name in ("eval", "evaluate"):
         args = cli.build_parser().parse_args([name, "s.json", "imgs", "model", "out"])
         assert args.step == name and args.out_dir == "out"
+
+
+def test_doctor_fails_where_the_machine_has_a_gpu_that_jax_does_not_see():
+    """The case that burns cluster allocations: nvidia-smi lists a GPU, JAX runs on the CPU."""
+    from nerflib import doctor
+
+    findings, info = doctor.check_jax(gpus=["NVIDIA H100 80GB HBM3, 81559 MiB"])
+    status = {f.name: f for f in findings}
+    assert status["JAX backend"].status == doctor.FAIL and "has 1 GPU(s)" in status["JAX backend"].detail
+    assert '".[cuda12]"' in status["JAX backend"].fix
+    if not any(doctor._version(d) for d in ("jax-cuda12-plugin", "jax-cuda13-plugin")):
+        assert status["CUDA plugin"].status == doctor.FAIL
+    assert "pycolmap-cuda12" in doctor.check_pycolmap(["NVIDIA H100"]).detail
+    assert doctor.check_jax(gpus=[])[0][-1].status == doctor.WARN  # no GPU: the CPU is a warning only
