@@ -40,6 +40,8 @@ if launcher:
                "--preset", settings["preset"], "--factor", str(settings["factor"])]
     for key, value in dict(settings["overrides"] or {}).items():
         command += ["--set", f"{key}={json.dumps(value)}"]
+    if settings.get("allow_cpu"):
+        command.append("--allow-cpu")
     Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
     with open(snakemake.log[0], "a") as log:
         log.write(f"[train] starting one process per task: {shlex.join(command)}\n")
