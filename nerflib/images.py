@@ -216,7 +216,8 @@ def check_images(
         warnings.warn(
             f"{len(rotated)} image(s) in {folder} carry an EXIF rotation tag ({_listing(rotated)}); "
             "nerflib and COLMAP use the stored pixel layout and ignore the tag. The workflow writes "
-            "such photos upright first (rule intake, nerflib.intake); `nerf intake FOLDER OUT` does it by hand.",
+            "such photos upright first (rule intake). Re-export them with the rotation applied, or run "
+            "`nerf intake FOLDER OUT`, to use them by hand.",
             stacklevel=2,
         )
     return sizes
