@@ -3,7 +3,7 @@
 The geometry of the point cloud is checked on the procedural demo scene, whose surfaces are
 known in closed form: its ground-truth depth maps go through the same unprojection, filters
 and PLY writer as a model's rendered depth. A trained toy model (this file is also the script
-of its subprocess, `python tests/test_export.py driver OUT`, as in test_video) checks the rest
+of its subprocess, `python tests/test_export.py driver MODEL_ROOT OUT`) checks the rest
 of the chain: rendering the training views, the training normalization undone, the files,
 `nerf export` and read-backs with independent readers (plyfile, pycolmap, our transforms.json loader).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ import pytest
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from test_train import compile_cache, subprocess_env, toy_config  # noqa: E402
+from test_train import compile_cache, subprocess_env  # noqa: E402
+from toymodel import toy_model  # noqa: E402, F401 (a fixture)
 
 # --------------------------------------------------------------------------- the demo's surfaces
 
@@ -163,15 +165,12 @@ def test_ply_writer_round_trip_and_max_points(tmp_path):
 # --------------------------------------------------------------------------- a trained toy model (subprocess)
 
 
-def _driver(out: Path) -> None:
+def _driver(root: Path, out: Path) -> None:
     from nerflib import cameras as cam_lib
-    from nerflib import checkpoint, cli, datasets, evaluate, models, parallel, scene_io, train, video  # noqa: F401
+    from nerflib import checkpoint, cli, evaluate, models, parallel, scene_io, video
 
-    scene = datasets.toy_scene(out / "data")
-    # test_video's toy model and config: the same compiled step (the session's compilation cache)
-    cfg = toy_config(normalize="360", test_every=4, max_steps=12, checkpoint_every=12)
-    train.train(cfg, datasets.load_for_config(cfg, scene, split="train"), out / "model", progress=False, tb=False)
-    scene_json, model_dir = out / "data" / "scene.json", out / "model"
+    scene_json, model_dir = out / "data" / "scene.json", root / "model"  # the scene copied beside the exports
+    scene = scene_io.read_scene_json(scene_json)
     # A COLMAP binary model of the scene with a few points, for the colmap export from a sparse model.
     scene.points = np.array([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.25]])
     scene_io.write_colmap(scene, out / "sparse" / "0")
@@ -202,14 +201,17 @@ def _driver(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"driver": _driver}[sys.argv[1]](Path(sys.argv[2]))
+    {"driver": _driver}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
     sys.exit(0)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, toy_model):
+    """The exports of the session's toy model (tests/toymodel.py), written by `nerf export` in a subprocess
+    (test_train's XLA flags), beside a copy of its scene (data/) and an independent render (by_hand.npz)."""
     out = tmp_path_factory.mktemp("export_runs")
-    proc = subprocess.run([sys.executable, str(HERE), "driver", str(out)],
+    shutil.copytree(toy_model / "data", out / "data")
+    proc = subprocess.run([sys.executable, str(HERE), "driver", str(toy_model), str(out)],
                           env=subprocess_env(compile_cache(tmp_path_factory)), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

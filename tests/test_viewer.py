@@ -1,7 +1,6 @@
 """The web viewer (nerflib/viewer.py) on a trained toy model, in headless Chromium.
 
-The toy model is trained in a subprocess (this file is its script, as in test_video: the session's
-compilation cache makes its training step a cache hit); the viewer then runs in this process, in
+The toy model is tests/toymodel.py's (trained once per session, in a subprocess); the viewer runs in this process, in
 the background (its server and render threads), and a headless Chromium (tests/browser.py's
 set-up: Debian's chromium and chromium-driver) opens it: a frame arrives, changes when the camera
 is dragged, two keyframes are added and saved with the page's buttons, and the saved path file
@@ -13,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,22 +22,9 @@ import pytest
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import browser  # noqa: E402
-from test_train import compile_cache, subprocess_env, toy_config  # noqa: E402
+from toymodel import toy_model  # noqa: E402, F401 (a fixture)
 
 pytest.importorskip("viser")
-
-
-def _driver(out: Path) -> None:
-    from nerflib import datasets, train
-
-    scene = datasets.toy_scene(out / "data")
-    cfg = toy_config(normalize="360", test_every=4, max_steps=12, checkpoint_every=12)  # test_video's model
-    train.train(cfg, datasets.load_for_config(cfg, scene, split="train"), out / "model", progress=False, tb=False)
-
-
-if __name__ == "__main__":
-    {"driver": _driver}[sys.argv[1]](Path(sys.argv[2]))
-    sys.exit(0)
 
 
 def _free_port() -> int:
@@ -58,21 +43,11 @@ def _wait(predicate, what: str, timeout: float = 60.0):
 
 
 @pytest.fixture(scope="module")
-def toy_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("viewer_model")
-    proc = subprocess.run([sys.executable, str(HERE), "driver", str(out)],
-                          env=subprocess_env(compile_cache(tmp_path_factory)), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
-
-
-@pytest.fixture(scope="module")
 def viewer(toy_model):
     from nerflib import viewer as viewer_lib
 
     options = viewer_lib.ViewerOptions(port=_free_port(), max_size=96, preview_size=24, settle_s=0.2,
-                                       path_out=str(toy_model / "flight.json"), keyframe_seconds=0.25, fps=4)
+                                       path_out=str(toy_model / "viewer" / "flight.json"), keyframe_seconds=0.25, fps=4)
     v = viewer_lib.Viewer(toy_model / "model", toy_model / "data" / "scene.json", options=options, log=lambda m: None)
     v.start()
     yield v
@@ -170,7 +145,7 @@ def test_keyframes_saved_from_the_page_render_through_the_step(viewer, page, toy
     _button(page, "Add keyframe").click()
     _wait(lambda: len(viewer.keyframes) == 2, "second keyframe not added")
     _button(page, "Save path").click()
-    path = toy_model / "flight.json"
+    path = toy_model / "viewer" / "flight.json"
     _wait(path.is_file, "the path file was not saved")
     d = json.loads(path.read_text())
     assert [k["time"] for k in d["keyframes"]] == [0.0, 0.25] and d["fps"] == 4.0
@@ -178,8 +153,8 @@ def test_keyframes_saved_from_the_page_render_through_the_step(viewer, page, toy
     assert len(cp.c2w) == 2  # 0.25 s at 4 fps: the two keyframes
 
     steps.render(toy_model / "data" / "scene.json", None, model_dir=toy_model / "model",
-                 out_dir=toy_model / "flight", path=str(path))
-    meta = json.loads((toy_model / "flight" / "path.json").read_text())
+                 out_dir=toy_model / "viewer" / "flight", path=str(path))
+    meta = json.loads((toy_model / "viewer" / "flight" / "path.json").read_text())
     assert meta["n_frames"] == 2 and meta["path"] == "file"
     for k, key in enumerate(viewer.keyframes):  # by hand: the viewer's own record of each keyframe's camera
         w, h = cp.width, cp.height
@@ -188,6 +163,6 @@ def test_keyframes_saved_from_the_page_render_through_the_step(viewer, page, toy
                                      near=viewer.frame.near, far=viewer.frame.far)
         by_hand = evaluate.render_image(viewer.model, viewer.params, rays, chunk_size=viewer.cfg.render_chunk_size,
                                         mesh=viewer.mesh, render_fn=viewer.render_fn)
-        frame = video.read_png(video.frame_paths(toy_model / "flight", k, 2)["color"]).astype(int)
+        frame = video.read_png(video.frame_paths(toy_model / "viewer" / "flight", k, 2)["color"]).astype(int)
         assert frame.shape == (h, w, 3)
         assert np.abs(frame - np.rint(np.clip(by_hand["rgb"], 0, 1) * 255)).max() <= 1
