@@ -21,6 +21,8 @@ Kinds (`make_path`):
   spline  a centripetal Catmull-Rom spline through chosen cameras' centres,
           rotations by squad (smooth spherical interpolation); the path passes
           exactly through each keyframe pose.
+`keyframe_path` samples the same spline in time (keyframes with times, at a
+frame rate): what camera path files hold (nerflib.camera_path).
 """
 
 from __future__ import annotations
