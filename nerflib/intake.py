@@ -136,16 +136,20 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *, video_fps:
     source, out_dir = Path(source), Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.intake")
     shutil.rmtree(tmp, ignore_errors=True)
-    if is_video(source):
-        names = extract_frames(source, tmp, fps=video_fps, max_frames=max_frames)
-        summary = {"source": str(source), "kind": "video", "fps": video_fps, "frames": len(names)}
-    elif source.is_dir():
-        result = upright_photos(source, tmp)
-        summary = {"source": str(source), "kind": "photos", "converted": len(result["converted"]),
-                   "linked": len(result["linked"])}
-    else:
-        raise ValueError(f"source {source} is neither a folder of photos nor a video "
-                         f"({', '.join(VIDEO_EXTENSIONS)})")
+    try:
+        if is_video(source):
+            names = extract_frames(source, tmp, fps=video_fps, max_frames=max_frames)
+            summary = {"source": str(source), "kind": "video", "fps": video_fps, "frames": len(names)}
+        elif source.is_dir():
+            result = upright_photos(source, tmp)
+            summary = {"source": str(source), "kind": "photos", "converted": len(result["converted"]),
+                       "linked": len(result["linked"])}
+        else:
+            raise ValueError(f"source {source} is neither a folder of photos nor a video "
+                             f"({', '.join(VIDEO_EXTENSIONS)})")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -17,7 +17,8 @@ import pytest
 
 from nerflib import cli, scene_io
 
-STEPS = ("synthetic", "poses", "vocab-tree", "pyramid", "train", "eval", "render", "localize")
+STEPS = ("synthetic", "intake", "poses", "vocab-tree", "pyramid", "train", "eval", "evaluate", "render", "localize",
+         "doctor")
 
 
 def test_help_lists_every_step():

@@ -121,19 +121,37 @@ def test_exif_rotated_photos_are_used_upright(tmp_path, orientation, turn):
         assert half.shape == reference.shape and np.abs(half - reference).mean() < 8, name
 
 
-def test_video_source_gives_frames_in_capture_order(tmp_path):
-    """A video as source: frames at intake.video_fps, named in capture order (for the sequential matcher)."""
+def write_video(path: Path, *, fps=10, n=30) -> Path:
+    """n frames of 96x64 at fps, each brighter than the one before."""
     import imageio_ffmpeg
 
-    video = tmp_path / "walk.mp4"
-    fps, n = 10, 30  # 3 s of video
-    writer = imageio_ffmpeg.write_frames(str(video), (96, 64), fps=fps, quality=9, macro_block_size=16)
+    writer = imageio_ffmpeg.write_frames(str(path), (96, 64), fps=fps, quality=9, macro_block_size=16)
     writer.send(None)
     for k in range(n):
-        frame = pattern(0).copy()
-        frame[:, :, :] = np.uint8(20 + 7 * k)  # brightness grows with time
-        writer.send(np.ascontiguousarray(frame))
+        writer.send(np.full((64, 96, 3), 20 + 7 * k, np.uint8))  # brightness grows with time
     writer.close()
+    return path
+
+
+def test_nerf_intake_by_hand(tmp_path):
+    from nerflib import cli
+
+    video = write_video(tmp_path / "walk.mp4")
+    assert cli.main(["intake", str(video), str(tmp_path / "frames"), "--fps", "5", "--max-frames", "4"]) == 0
+    assert images.list_images(tmp_path / "frames") == [f"frame_{i:05d}.jpg" for i in range(1, 5)]
+    with pytest.raises(ValueError, match="cannot extract frames"):
+        intake.prepare(write_bytes(tmp_path / "broken.mp4"), tmp_path / "none")
+    assert not (tmp_path / "none").exists() and not (tmp_path / ".none.intake").exists()
+
+
+def write_bytes(path: Path) -> Path:
+    path.write_bytes(b"not a video")
+    return path
+
+
+def test_video_source_gives_frames_in_capture_order(tmp_path):
+    """A video as source: frames at intake.video_fps, named in capture order (for the sequential matcher)."""
+    video = write_video(tmp_path / "walk.mp4", fps=10, n=30)  # 3 s of video
     run_workflow(tmp_path / "run", video, ["results/cap/images_2"], fps=2.0)
     out = tmp_path / "run" / "results" / "cap"
     names = images.list_images(out / "photos")
