@@ -12,10 +12,11 @@ The 3D scene is shown in the model's (training) frame: for 360 captures the came
 unit ball and +z is up (scene_io.normalize_scene), which is what viser's orbit controls expect.
 viser's cameras use OpenCV axes (x right, y down, z forward), as nerflib does.
 
-On a cluster node: start it there (`nerf view MODEL_DIR --host 127.0.0.1 --port 8080`, e.g. in
-the SLURM job) and forward the port from your machine: `ssh -N -L 8080:NODE:8080 LOGIN_HOST`
-(NODE as the job reports it; with --host 127.0.0.1 use `ssh -J LOGIN_HOST -N -L 8080:localhost:8080 NODE`),
-then open http://localhost:8080.
+On a cluster node: start it there (in the SLURM job, or with the train rule's `viewer:` option)
+and forward the port from your machine. It binds to 127.0.0.1 by default, so only a tunnel to
+the node itself reaches it: `ssh -N -L 8080:localhost:8080 -J LOGIN_HOST NODE`, then open
+http://localhost:8080. With `--host 0.0.0.0` (anyone on the cluster's network can connect)
+a tunnel through the login node is enough: `ssh -N -L 8080:NODE:8080 LOGIN_HOST`.
 """
 
 from __future__ import annotations
