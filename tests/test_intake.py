@@ -7,6 +7,7 @@ decoded, in capture order.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,43 @@ def test_rotated_query_photos_are_used_upright(tmp_path):
     full = load(out / "query_photos" / "q.jpg")
     assert full.shape == upright.shape and np.abs(full - upright).mean() < 8
     assert "intake_queries" in result.stderr
+
+
+@pytest.mark.slow
+def test_video_of_an_orbit_is_posed_with_the_sequential_matcher(tmp_path):
+    """The demo's 40 orbit views as a video -> rule intake -> SfM (sequential) poses every frame on a circle."""
+    import imageio_ffmpeg
+
+    from nerflib import scene_io, synthetic
+
+    demo = tmp_path / "demo"
+    synthetic.generate(demo, n_views=40, n_heldout=0, n_queries=0, width=320, height=240, supersample=1)
+    video = tmp_path / "orbit.mp4"
+    writer = imageio_ffmpeg.write_frames(str(video), (320, 240), fps=10, quality=9, macro_block_size=16)
+    writer.send(None)
+    for name in images.list_images(demo / "images"):  # 000.jpg ... in orbit order
+        writer.send(np.ascontiguousarray((images.load_image(demo / "images" / name) * 255).astype(np.uint8)))
+    writer.close()
+    shutil.copytree(REPO / "config", tmp_path / "run" / "config")
+    settings = yaml.safe_load((tmp_path / "run" / "config" / "config.yaml").read_text())
+    settings["intake"]["video_fps"] = 10.0
+    (tmp_path / "run" / "config" / "config.yaml").write_text(yaml.safe_dump(settings))
+    (tmp_path / "run" / "config" / "datasets.tsv").write_text(f"{HEADER}\norbit\t{video}\tPINHOLE\t4\ttiny\tsequential\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "--cores",
+         "2", "results/orbit/poses/summary.json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = tmp_path / "run" / "results" / "orbit"
+    frames = images.list_images(out / "photos")
+    assert len(frames) == 40 and frames[0] == "frame_00001.jpg"
+    summary = json.loads((out / "poses" / "summary.json").read_text())
+    assert summary["matcher"] == "sequential" and summary["registered"] == summary["total"] == 40, summary
+    assert summary["matched_pairs"] < 40 * 39 // 2  # neighbours only, not every pair
+    centres = scene_io.read_scene_json(out / "poses" / "scene.json").c2w[:, :, 3]
+    offsets = centres - centres.mean(axis=0)
+    normal = np.linalg.svd(offsets)[2][-1]
+    radii = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    assert radii.std() / radii.mean() < 0.02  # the orbit: one circle, in capture order around it
+    angles = np.unwrap(np.arctan2(*(offsets @ np.linalg.svd(offsets)[2][:2].T).T[::-1]))
+    steps = np.diff(angles)
+    assert np.all(np.sign(steps) == np.sign(steps[0])) and abs(abs(angles[-1] - angles[0]) - 2 * np.pi * 39 / 40) < 0.1
