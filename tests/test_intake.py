@@ -182,7 +182,7 @@ def test_rotated_query_photos_are_used_upright(tmp_path):
     assert "intake_queries" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.nightly  # 46 s on 2 cores: more than the suite's budget can spare (video intake is tested above)
 def test_video_of_an_orbit_is_posed_with_the_sequential_matcher(tmp_path):
     """The demo's 40 orbit views as a video -> rule intake -> SfM (sequential) poses every frame on a circle."""
     import imageio_ffmpeg
