@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nerflib import fileio
-from nerflib.images import list_images, read_raw, verify_image
+from nerflib.images import is_heif, list_images, read_raw, verify_image
 
 JPEG_QUALITY = 95
 
@@ -113,6 +113,10 @@ def make_pyramid(
     if src_dir.resolve() == dst_dir.resolve():
         raise ValueError(f"source and destination folders are the same: {src_dir}")
     names = list_images(src_dir)
+    heif = [n for n in names if is_heif(n)]
+    if heif:  # no HEIF encoder here, and COLMAP could not read them either
+        raise ValueError(f"{src_dir} holds HEIC/HEIF photos ({', '.join(heif[:3])}{', ...' if len(heif) > 3 else ''}); "
+                         f"convert them first: nerf intake {src_dir} PHOTOS_DIR (the workflow does it by itself)")
     todo = [n for n in names if not _is_up_to_date(src_dir / n, dst_dir / n)]
     pending = set(todo)
     skipped = [n for n in names if n not in pending]

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from nerflib import fileio, pose_checks
-from nerflib.images import check_images
+from nerflib.images import check_images, is_heif
 from nerflib.types import CAMERA_MODELS
 
 MATCHERS = ("auto", "exhaustive", "sequential", "vocab_tree")
@@ -505,6 +505,10 @@ def run_sfm(
     summary_path = Path(summary_path) if summary_path is not None else out_dir / "poses" / "summary.json"
     sizes = check_images(image_dir, min_images=3, single_camera=single_camera)
     names = [n for n, _, _ in sizes]
+    heif = [name for name in names if is_heif(name)]
+    if heif:  # COLMAP reads no HEIF: the workflow's intake step converts them first
+        raise ValueError(f"{image_dir} holds HEIC/HEIF photos ({', '.join(heif[:3])}), which COLMAP cannot read; "
+                         f"convert them first: nerf intake {image_dir} PHOTOS_DIR, then pose PHOTOS_DIR")
     n = len(names)
     matcher_used, matcher_reason = choose_matcher(matcher, n, vocab_tree)
     uses_tree = bool(vocab_tree) and matcher_used in ("vocab_tree", "sequential")

@@ -220,3 +220,19 @@ def test_video_of_an_orbit_is_posed_with_the_sequential_matcher(tmp_path):
     angles = np.unwrap(np.arctan2(*(offsets @ np.linalg.svd(offsets)[2][:2].T).T[::-1]))
     steps = np.diff(angles)
     assert np.all(np.sign(steps) == np.sign(steps[0])) and abs(abs(angles[-1] - angles[0]) - 2 * np.pi * 39 / 40) < 0.1
+
+
+def test_heic_by_hand_asks_for_intake_first(tmp_path):
+    """`nerf pyramid` / `nerf poses` on a HEIC folder: a clear error naming `nerf intake` (COLMAP reads no HEIF)."""
+    import pillow_heif
+
+    from nerflib import pyramid, sfm
+
+    pillow_heif.register_heif_opener()
+    for i in range(3):
+        Image.fromarray(pattern(i)).save(tmp_path / f"IMG_{i}.HEIC", quality=90)
+    with pytest.raises(ValueError, match=r"HEIC/HEIF photos \(IMG_0.HEIC.*nerf intake"):
+        pyramid.make_pyramid(tmp_path, tmp_path / "half", 2)
+    with pytest.raises(ValueError, match=r"COLMAP cannot read; convert them first: nerf intake"):
+        sfm.run_sfm(tmp_path, tmp_path / "scene", threads=1)
+    assert images.load_image(tmp_path / "IMG_0.HEIC").shape == (64, 96, 3)  # nerflib itself reads them
