@@ -59,7 +59,7 @@ def run(out: Path, variant: str, frames: int, width: int, height: int, sfm_kwarg
     e_idx = {n: k for k, n in enumerate(est.names)}
     cmp = pose_checks.compare_poses(est.c2w[[e_idx[n] for n in names]], gt.c2w[[idx[n] for n in names]], names=names)
     diag = summary.get("diagnostics", {})
-    flagged = set(diag.get("continuity", {}).get("suspect", [])) | set(diag.get("weak", []))
+    flagged = set(diag.get("flagged", []))
     return {
         "variant": variant, "sfm": tag, "frames": frames, "registered": summary["registered"],
         "median_rot_deg": round(cmp["median_rot_deg"], 3), "max_rot_deg": round(cmp["max_rot_deg"], 2),

@@ -55,7 +55,7 @@ def camera_figure(scene, path: str | os.PathLike, *, summary: dict | None = None
     if points is not None and len(points) > max_points:
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
     diag = (summary or {}).get("diagnostics") or {}
-    suspect = set(diag.get("continuity", {}).get("suspect", [])) | set(diag.get("weak", []))
+    suspect = set(diag.get("flagged", []))
     flagged = [k for k, n in enumerate(scene.names) if n in suspect]
     plt, fig, axes = _figure(1, 3, (15, 5))
     for ax, (i, j, name) in zip(axes[0], ((0, 1, "x-y"), (0, 2, "x-z"), (1, 2, "y-z"))):

@@ -26,6 +26,7 @@ same order; `rot_deg`, `step` per neighbour pair [N - 1].
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,10 @@ ORDER_TOP_K = 3
 ALIGN_WARN_DEG = 2.0
 ALIGN_WARN_RADIUS_FRACTION = 0.05
 BRIDGE_MAX_DEG = 120.0
+# camera_checks: fx / fy beyond this (either way) or fx / longest side outside
+# FOCAL_RANGE (fields of view of about 150 down to 6 degrees) is implausible.
+MAX_FOCAL_ASPECT = 1.1
+FOCAL_RANGE = (0.15, 10.0)
 MAX_JUMPS_LISTED = 6  # in the warning; summary.json has them all
 
 ADVICE = (
@@ -62,6 +67,12 @@ ADVICE = (
     "further away so the background shows; cut the capture at the flagged frames and reconstruct the arcs "
     "separately; or give existing poses (`poses` column). See docs/pose_diagnostics.md."
 )
+
+
+def capture_order(names) -> list[str]:
+    """Names sorted as a camera or a video export numbers them: digit runs by value (2.jpg before 10.jpg)."""
+    return sorted(names, key=lambda n: [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                                        for t in re.split(r"(\d+)", n) if t])
 
 
 def _components(n: int, edges) -> list[list[int]]:
@@ -104,7 +115,7 @@ def looks_ordered(names: list[str], pairs: dict[tuple[int, int], int]) -> bool:
 
 
 def view_graph(database, names: list[str]) -> dict:
-    """Verified pairs of a COLMAP database as a graph over `names` (sorted image names).
+    """Verified pairs of a COLMAP database as a graph over `names` (in capture order).
 
     Returns verified_pairs, degree {name: verified partners}, components (lists
     of names, largest first), isolated (names with no verified partner),
@@ -158,6 +169,27 @@ def image_stats(rec) -> dict:
             "histogram": {str(k): int(v) for k, v in zip(*np.unique(np.minimum(lengths, 10), return_counts=True))},
         },
     }
+
+
+def camera_checks(rec) -> list[dict]:
+    """Per camera of a pycolmap.Reconstruction: model, size, fx, fy and `problem` (None or a sentence).
+
+    Implausible intrinsics are the symptom of a self-calibration that went wrong
+    (measured on the adversarial scenes: fy came out at 0.3-0.5 fx with OPENCV
+    while every photo registered); no real camera has pixels that far from
+    square or a field of view outside FOCAL_RANGE.
+    """
+    out = []
+    for cam_id, cam in sorted(rec.cameras.items()):
+        fx, fy = float(cam.focal_length_x), float(cam.focal_length_y)
+        side = max(cam.width, cam.height)
+        problem = None
+        if not (1 / MAX_FOCAL_ASPECT <= fx / fy <= MAX_FOCAL_ASPECT):
+            problem = f"fx/fy = {fx / fy:.2f} (square pixels give 1)"
+        elif not (FOCAL_RANGE[0] <= fx / side <= FOCAL_RANGE[1]):
+            problem = f"focal length {fx:.0f} px is {fx / side:.2f} x the longest side (expected {FOCAL_RANGE})"
+        out.append({"camera_id": int(cam_id), "model": cam.model.name, "fx": fx, "fy": fy, "problem": problem})
+    return out
 
 
 def weak_images(observations: dict[str, int]) -> list[str]:
@@ -261,7 +293,8 @@ def _short(names: list[str], k: int = 12) -> str:
 
 
 def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = None) -> dict:
-    """Diagnostics of a reconstruction `rec` (pycolmap) of the photos `names` (sorted).
+    """Diagnostics of a reconstruction `rec` (pycolmap) of the photos `names` (any order; the path
+    check follows `capture_order`).
 
     database: the COLMAP database (for the view graph), or None.
     ordered: True/False: whether the names follow the capture order; None:
@@ -272,6 +305,7 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
     """
     out: dict = {}
     warnings: list[str] = []
+    names = capture_order(names)
     stats = image_stats(rec)
     out["images"] = stats
     if database is not None:
@@ -292,6 +326,13 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
     out["weak"] = weak
     if weak:
         warnings.append(f"{len(weak)} weak image(s) with few 3D points: {_short(weak)}")
+    out["cameras"] = camera_checks(rec)
+    bad_cams = {c["camera_id"]: c["problem"] for c in out["cameras"] if c["problem"]}
+    uncalibrated = sorted(rec.images[i].name for i in rec.reg_image_ids() if rec.images[i].camera_id in bad_cams)
+    for cam_id, problem in bad_cams.items():
+        warnings.append(f"camera {cam_id} has implausible intrinsics ({problem}): self-calibration failed, so "
+                        "the poses of every photo taken with it are suspect; give the focal length (EXIF, or a "
+                        "camera model with one focal length such as SIMPLE_RADIAL)")
     if ordered:
         reg = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
         order = [n for n in names if n in reg]
@@ -307,11 +348,14 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
         if len(cont["jumps"]) > MAX_JUMPS_LISTED:
             warnings.append(f"{len(cont['jumps']) - MAX_JUMPS_LISTED} more path jump(s) (summary.json lists them)")
         if cont["suspect"]:
+            where = ("no arc holds half the frames, so none can be trusted" if len(cont["suspect"]) == cont["frames"]
+                     else "frames outside the longest arc (and the arcs that continue it)")
             warnings.append(
-                f"the camera path breaks into {len(cont['arcs'])} arcs; {len(cont['suspect'])} frame(s) outside "
-                f"the longest arc may be placed wrongly (e.g. on the wrong side of a symmetric object): "
-                f"{_short(cont['suspect'])}"
+                f"the camera path breaks into {len(cont['arcs'])} arcs; {where}; {len(cont['suspect'])} frame(s) "
+                f"may be placed wrongly (e.g. on the wrong side of a symmetric object): {_short(cont['suspect'])}"
             )
+    suspect = out.get("continuity", {}).get("suspect", [])
+    out["flagged"] = capture_order(set(weak) | set(suspect) | set(uncalibrated))
     out["warnings"] = warnings
     return out
 

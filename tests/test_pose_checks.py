@@ -164,7 +164,7 @@ def test_default_sfm_recovers_the_poses_or_flags_every_wrong_frame(hard_sfm):
     cmp = pose_checks.compare_poses(est.c2w[[k[n] for n in names]], gt.c2w[[gt.names.index(n) for n in names]],
                                     names=names)
     recovered = cmp["median_rot_deg"] < 0.5 and cmp["max_rot_deg"] < 5.0 and len(names) == len(gt.names)
-    flagged = set(diag["continuity"]["suspect"]) | set(diag["weak"])
+    flagged = set(diag["flagged"])
     unregistered = set(gt.names) - set(names)
     assert recovered or set(cmp["over_5_deg"]) <= flagged, (cmp["median_rot_deg"], cmp["over_5_deg"], flagged)
     if not recovered:  # loud, by name, and strict fails
@@ -216,7 +216,7 @@ def test_camera_figure_circles_and_names_flagged_frames(tmp_path):
     for key, poses in (("clean", c2w), ("jump", moved)):
         cont = pose_checks.path_continuity(_names(32), poses)
         diag = {"images": {"observations": {}, "track_length": {"median": 3}}, "ordered": True, "continuity": cont,
-                "weak": [], "warnings": ["jump"] if cont["jumps"] else []}
+                "weak": [], "flagged": cont["suspect"], "warnings": ["jump"] if cont["jumps"] else []}
         figs[key] = figures.camera_figure(_path_scene(poses), tmp_path / f"{key}.png",
                                           summary={"registered": 32, "total": 32, "diagnostics": diag})
     assert _red_pixels(figs["clean"]) == 0
@@ -235,3 +235,24 @@ def test_localize_ground_truth_alignment_warns_when_the_sets_disagree(tmp_path):
         warned = [m for m in logs if "WARNING" in m]
         assert bool(warned) == (key == "disagree"), logs
     assert "disagree" in warned[0] and "most off:" in warned[0] and ".jpg" in warned[0]
+
+
+def test_capture_order_sorts_numbers_by_value():
+    names = ["10.jpg", "2.jpg", "1.jpg", "frame_100.png", "frame_20.png", "a.jpg"]
+    assert pose_checks.capture_order(names) == ["1.jpg", "2.jpg", "10.jpg", "a.jpg", "frame_20.png", "frame_100.png"]
+    assert pose_checks.capture_order(_names(12)) == _names(12)
+
+
+def test_camera_checks_flag_implausible_intrinsics():
+    import types
+
+    import pycolmap
+
+    cams = {
+        1: pycolmap.Camera(model="PINHOLE", width=240, height=180, params=[208.0, 207.0, 120.0, 90.0]),
+        2: pycolmap.Camera(model="OPENCV", width=240, height=180, params=[225.2, 112.4, 120, 90, 0, 0, 0, 0]),
+        3: pycolmap.Camera(model="SIMPLE_RADIAL", width=240, height=180, params=[20.0, 120.0, 90.0, 0.0]),
+    }
+    out = pose_checks.camera_checks(types.SimpleNamespace(cameras=cams))
+    assert [c["problem"] is None for c in out] == [True, False, False]
+    assert "fx/fy = 2.00" in out[1]["problem"] and "focal length 20 px" in out[2]["problem"]
