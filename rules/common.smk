@@ -292,7 +292,6 @@ def train_params(wildcards):
         "preset": preset_of(wildcards.scene),
         "factor": factor_of(wildcards.scene),
         "overrides": config["train"]["overrides"],
-        "allow_cpu": config["allow_cpu"],
     }
 
 

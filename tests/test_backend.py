@@ -106,3 +106,26 @@ def test_doctor_fails_where_the_machine_has_a_gpu_that_jax_does_not_see():
         assert status["CUDA plugin"].status == doctor.FAIL
     assert "pycolmap-cuda12" in doctor.check_pycolmap(["NVIDIA H100"]).detail
     assert doctor.check_jax(gpus=[])[0][-1].status == doctor.WARN  # no GPU: the CPU is a warning only
+
+
+def test_workflow_stops_a_gpu_preset_on_the_cpu_before_training(tmp_path):
+    """The train job of a `fast` row on CPU JAX fails at once; Snakemake's terminal shows why and the fix."""
+    import shutil
+
+    from nerflib import synthetic
+
+    demo = tmp_path / "demo"
+    synthetic.generate(demo, n_views=8, n_heldout=0, n_queries=0, width=64, height=48, supersample=1)
+    work = tmp_path / "run"
+    shutil.copytree(REPO / "config", work / "config")
+    (work / "config" / "datasets.tsv").write_text(
+        "scene\tsource\tcamera_model\tfactor\tpreset\tposes\tposes_format\n"
+        f"cube\t{demo / 'images'}\tPINHOLE\t1\tfast\t{demo / 'gt' / 'scene.json'}\tauto\n")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+                             "--cores", "1", "results/cube/model/final.json"],
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    terminal = result.stdout + result.stderr
+    assert "[train] JAX" in terminal and "preset fast is made for a GPU" in terminal and "allow_cpu: true" in terminal
+    assert "preset fast is made for a GPU" in (work / "logs" / "train" / "cube.log").read_text()
+    assert not (work / "results" / "cube" / "model" / "final.json").exists()

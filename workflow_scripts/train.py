@@ -22,6 +22,8 @@ from nerflib.logs import log_to
 
 model_dir = Path(snakemake.output.final).parent
 settings = snakemake.params.settings
+# How to run, not what to compute: read here, not a param, so that switching it reruns nothing.
+allow_cpu = bool(snakemake.config.get("allow_cpu", False))
 launcher = str(snakemake.resources.get("mpi", "") or "").strip()
 viewer = None
 if snakemake.params.viewer.get("enabled"):  # `nerf view` beside the training, following its checkpoints
@@ -40,7 +42,7 @@ if launcher:
                "--preset", settings["preset"], "--factor", str(settings["factor"])]
     for key, value in dict(settings["overrides"] or {}).items():
         command += ["--set", f"{key}={json.dumps(value)}"]
-    if settings.get("allow_cpu"):
+    if allow_cpu:
         command.append("--allow-cpu")
     Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
     with open(snakemake.log[0], "a") as log:
@@ -56,7 +58,8 @@ if launcher:
 else:
     try:
         with log_to(snakemake.log[0]):
-            steps.train(snakemake.input.scene, snakemake.input.images, model_dir=model_dir, **settings)
+            steps.train(snakemake.input.scene, snakemake.input.images, model_dir=model_dir, allow_cpu=allow_cpu,
+                    **settings)
     finally:
         if viewer is not None:
             viewer.terminate()
