@@ -93,11 +93,13 @@ def check_presets(info: dict | None, config_path: str | os.PathLike = "config/co
     wanted = {default}
     sheet = Path(str(config.get("datasets", "config/datasets.tsv")))
     if sheet.is_file():
-        import csv
+        from nerflib import sheet as sheet_io
 
-        with open(sheet, newline="") as f:
-            rows = [r for r in csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t")]
-        wanted = {(r.get("preset") or "").strip() or default for r in rows} or wanted
+        try:
+            _, rows = sheet_io.read(sheet)  # the workflow's own reading of the sheet
+        except ValueError as e:
+            return [Finding("presets", FAIL, str(e))]
+        wanted = {record.get("preset") or default for _, record in rows} or wanted
     accelerator = info is not None and backend.has_accelerator(info)
     resolved = {name: configs.resolve_preset(name, accelerator=accelerator)[0] for name in wanted
                 if name in configs.PRESET_CHOICES}

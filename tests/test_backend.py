@@ -129,3 +129,16 @@ def test_workflow_stops_a_gpu_preset_on_the_cpu_before_training(tmp_path):
     assert "[train] JAX" in terminal and "preset fast is made for a GPU" in terminal and "allow_cpu: true" in terminal
     assert "preset fast is made for a GPU" in (work / "logs" / "train" / "cube.log").read_text()
     assert not (work / "results" / "cube" / "model" / "final.json").exists()
+
+
+def test_doctor_reads_the_presets_of_the_sheet(tmp_path):
+    from nerflib import doctor
+
+    (tmp_path / "sheet.tsv").write_text("scene\tsource\tpreset\n# a comment\na\tsynthetic\t\nb\t/x\tmipnerf360\n")
+    (tmp_path / "config.yaml").write_text(f"default_preset: auto\ndatasets: {tmp_path / 'sheet.tsv'}\n")
+    cpu = backend.describe()
+    [finding] = doctor.check_presets(cpu, tmp_path / "config.yaml")
+    assert finding.status == doctor.FAIL and "GPU preset(s) mipnerf360 configured" in finding.detail
+    (tmp_path / "sheet.tsv").write_text("scene\tsource\tpreset\na\tsynthetic\t\n")
+    [finding] = doctor.check_presets(cpu, tmp_path / "config.yaml")
+    assert finding.status == doctor.OK and "auto -> tiny" in finding.detail
