@@ -12,13 +12,14 @@ once and everything downstream reads its output, `results/{scene}/photos/`:
     so the `sequential` matcher works;
   * a folder with HEIC/HEIF photos (COLMAP cannot read them) or photos whose
     EXIF orientation is not 1 (portrait phone photos): these are written
-    upright (orientation applied, tag dropped): HEIF as JPEG (quality 95)
+    upright (orientation applied, the tag dropped, the rest of the EXIF such as
+    the focal length kept for COLMAP): HEIF as JPEG (quality 95)
     under the same stem, a rotated photo under its own name and format; every
     other photo is linked (symlink), never copied.
 
 A folder of plain, upright photos needs no intake and is used where it is
 (`needs_intake` says which case a source is). Photos of mixed orientation
-become images of two sizes: give such a capture one camera per size
+become images of two sizes: give such a capture one camera per photo
 (`sfm.single_camera: false`).
 """
 
@@ -115,11 +116,17 @@ def upright_photos(folder: str | os.PathLike, out_dir: str | os.PathLike) -> dic
         if heif or orientation != 1:
             with Image.open(src) as im:
                 upright = ImageOps.exif_transpose(im)  # applies the tag and drops it (HEIF: already upright)
+                # The rest of the EXIF stays: COLMAP starts from its focal length (FocalLengthIn35mmFilm).
+                exif = upright.getexif()
+                exif.pop(0x0112, None)
                 tmp = dst.with_name(f".{dst.name}.tmp")
-                if dst.suffix.lower() in (".jpg", ".jpeg"):
-                    upright.convert("RGB").save(tmp, format="JPEG", quality=JPEG_QUALITY)
+                fmt = Image.registered_extensions()[dst.suffix.lower()]
+                if fmt == "JPEG":
+                    upright.convert("RGB").save(tmp, format=fmt, quality=JPEG_QUALITY, exif=exif)
+                elif fmt in ("PNG", "WEBP"):
+                    upright.save(tmp, format=fmt, exif=exif)
                 else:
-                    upright.save(tmp, format=Image.registered_extensions()[dst.suffix.lower()])
+                    upright.save(tmp, format=fmt)
                 os.replace(tmp, dst)
             converted.append(out_name)
         else:

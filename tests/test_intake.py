@@ -96,13 +96,42 @@ def test_heic_photos(tmp_path):
     assert "'converted': 3, 'linked': 1" in log
 
 
-@pytest.mark.parametrize("orientation, turn", [(6, -1), (8, 1), (3, 2)])
-def test_exif_rotated_photos_are_used_upright(tmp_path, orientation, turn):
+# EXIF orientation -> the upright picture, from the stored pixels (TIFF/EXIF 2.3 definitions, in numpy).
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180 degrees
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, k=-1),  # turned 90 degrees clockwise to view
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # mirrored along the other diagonal
+    8: lambda a: np.rot90(a, k=1),  # turned 90 degrees counter-clockwise to view
+}
+
+
+def test_upright_photos_every_orientation(tmp_path):
+    """All eight EXIF orientations, lossless (PNG): the copy is exactly the upright picture, the tag gone."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for orientation in UPRIGHT:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pattern(orientation)).save(src / f"o{orientation}.png", exif=exif)
+    result = intake.upright_photos(src, out)
+    assert result["linked"] == ["o1.png"] and len(result["converted"]) == 7
+    for orientation, turn in UPRIGHT.items():
+        with Image.open(out / f"o{orientation}.png") as im:
+            assert im.getexif().get(0x0112, 1) == 1
+            np.testing.assert_array_equal(np.asarray(im.convert("RGB")), turn(pattern(orientation)), str(orientation))
+
+
+def test_exif_rotated_photos_are_used_upright(tmp_path, orientation=6, turn=-1):
     """A phone's portrait photo (landscape pixels + an EXIF rotation) reaches the pyramid upright."""
     photos = tmp_path / "phone"
     photos.mkdir()
     exif = Image.Exif()
     exif[0x0112] = orientation
+    exif.get_ifd(0x8769)[0xA405] = 26  # FocalLengthIn35mmFilm, which COLMAP starts from
     stored = {f"p{i}.jpg": pattern(i) for i in range(3)}
     for name, pixels in stored.items():
         Image.fromarray(pixels).save(photos / name, quality=98, exif=exif)
@@ -112,6 +141,7 @@ def test_exif_rotated_photos_are_used_upright(tmp_path, orientation, turn):
         upright = np.rot90(pixels, k=turn)  # the independent reference: numpy's rotation
         with Image.open(out / "photos" / name) as im:
             assert im.getexif().get(0x0112, 1) == 1  # the tag is gone with the rotation applied
+            assert im.getexif().get_ifd(0x8769).get(0xA405) == 26  # the rest of the EXIF stays
         full = load(out / "photos" / name)
         # JPEG twice (the photo, its upright copy) costs a few levels; a wrong turn costs ~50.
         assert full.shape == upright.shape and np.abs(full - upright).mean() < 8, name
