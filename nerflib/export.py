@@ -14,11 +14,16 @@
 
 Point cloud, per training view (every `stride`-th pixel of the training-factor camera,
 without lens distortion: the points do not depend on the camera model used to cast
-the rays): point = origin + depth * direction, with `depth` the expected termination
-depth (nerflib directions have camera-frame z == 1, so `depth` is along the optical axis)
-and the colour the rendered one. Pixels are dropped where
-  * acc < acc_threshold: a half-transparent pixel's expected depth lies between the
-    surfaces it mixes (or is pulled towards the far bound);
+the rays): point = origin + depth * direction, with `depth` the median termination
+distance (nerflib directions have camera-frame z == 1, so it is along the optical axis;
+nerfstudio's "depth" is the median too) and the colour the rendered one. The expected
+depth (`depth="expected"`, volume rendering's) is a mean: a little weight left far
+behind the surface pulls it far off (on the demo's tiny model its median error is 49 % of
+the distance, the median's 3.4 %). Pixels are dropped where
+  * acc < acc_threshold: a half-transparent pixel's depth lies between the surfaces it
+    mixes (or is pulled towards the far bound);
+  * the termination distances spread over more than `max_spread` of the median (their
+    95th - 5th percentile; off by default);
   * near a depth discontinuity (`edge_threshold`: the second difference of inverse depth
     relative to the pixel's, and the 8 neighbours of such pixels): at a silhouette the
     expected depth mixes foreground and background ("flying pixels");
@@ -36,6 +41,7 @@ At most `max_points` points go into the statistical filter (a random subset, fix
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -59,6 +65,11 @@ class PointCloudOptions:
 
     stride: int = 1
     """Every stride-th pixel in x and y of the training-factor camera."""
+    depth: str = "median"
+    """'median' (the median termination distance) or 'expected' (the mean, volume rendering's depth)."""
+    max_spread: float = 0.0
+    """Drop pixels whose termination distances spread (95th - 5th percentile) over more than this
+    fraction of the median (0 = keep all)."""
     max_views: int = 0
     """At most this many training views, evenly spread (0 = all)."""
     acc_threshold: float = 0.95
@@ -79,9 +90,11 @@ class PointCloudOptions:
     def __post_init__(self):
         if not (isinstance(self.stride, int) and self.stride >= 1):
             raise ValueError(f"stride must be an integer >= 1, got {self.stride!r}")
+        if self.depth not in ("median", "expected"):
+            raise ValueError(f"depth must be 'median' or 'expected', got {self.depth!r}")
         if not 0.0 <= self.acc_threshold <= 1.0:
             raise ValueError(f"acc_threshold must be in [0, 1], got {self.acc_threshold!r}")
-        for name in ("edge_threshold", "consistency_tolerance", "std_ratio"):
+        for name in ("edge_threshold", "consistency_tolerance", "std_ratio", "max_spread"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_views", "min_consistent_views", "nb_neighbors", "max_points"):
@@ -100,6 +113,7 @@ class DepthView:
     depth: np.ndarray
     acc: np.ndarray
     rgb: np.ndarray
+    spread: np.ndarray | None = None
 
     def unproject(self) -> np.ndarray:
         """Points [h, w, 3]: pixel (i, j)'s centre (j + 0.5, i + 0.5) at its depth (directions with z == 1)."""
@@ -150,13 +164,13 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- point cloud (numpy)
 
 
-def depth_view(k, c2w, depth, acc, rgb) -> DepthView:
+def depth_view(k, c2w, depth, acc, rgb, spread=None) -> DepthView:
     """A DepthView of a pinhole camera k = (fx, fy, cx, cy); rgb uint8, or floats in [0, 1]."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8:
         rgb = np.clip(np.rint(np.asarray(rgb, np.float64) * 255.0), 0, 255).astype(np.uint8)
     return DepthView(tuple(float(v) for v in k), np.asarray(c2w, dtype=np.float64), np.asarray(depth, np.float32),
-                     np.asarray(acc, np.float32), rgb)
+                     np.asarray(acc, np.float32), rgb, None if spread is None else np.asarray(spread, np.float32))
 
 
 def _edge_mask(depth: np.ndarray, threshold: float) -> np.ndarray:
@@ -222,6 +236,8 @@ def fuse_views(views: list[DepthView], options: PointCloudOptions = PointCloudOp
     counts = {"pixels": 0, "opaque": 0, "not_edge": 0, "consistent": 0}
     for i, v in enumerate(views):
         keep = (v.acc >= options.acc_threshold) & np.isfinite(v.depth) & (v.depth > 0)
+        if options.max_spread > 0 and v.spread is not None:
+            keep &= v.spread <= options.max_spread
         counts["pixels"] += keep.size
         counts["opaque"] += int(keep.sum())
         keep &= _edge_mask(v.depth, options.edge_threshold)
@@ -253,6 +269,24 @@ def transform_points(points: np.ndarray, T) -> np.ndarray:
 
 # --------------------------------------------------------------------------- from a trained model
 
+DEPTH_KEYS = ("rgb", "acc", "depth", "distance_median", "distance_percentile_5", "distance_percentile_95")
+
+
+@functools.lru_cache(maxsize=4)
+def _depth_render_fn(model, mesh, zero_glo: bool):
+    """evaluate.make_render_fn's function, returning the termination-distance percentiles too."""
+    import jax
+
+    from nerflib import parallel
+
+    def render(params, rays):
+        renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0, compute_extras=True,
+                                    zero_glo=zero_glo)
+        return {k: renderings[-1][k] for k in DEPTH_KEYS}
+
+    return jax.jit(render, in_shardings=(parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)),
+                   out_shardings=parallel.replicated_sharding(mesh))
+
 
 def render_depth_views(model_dir, scene_json, *, images=None, options: PointCloudOptions = PointCloudOptions(),
                        mesh=None, log: Callable[[str], None] = print) -> tuple[list[DepthView], dict | None, int]:
@@ -267,7 +301,7 @@ def render_depth_views(model_dir, scene_json, *, images=None, options: PointClou
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     frame = video.training_frame(cfg, scene_json, images=images)
     model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, frame.dataset.num_train_images))
-    fn = evaluate.make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
+    fn = _depth_render_fn(model, mesh, cfg.model.num_glo_features > 0)
     which = np.asarray(frame.train)
     if options.max_views and len(which) > options.max_views:
         which = which[np.unique(np.linspace(0, len(which) - 1, options.max_views).round().astype(int))]
@@ -281,7 +315,10 @@ def render_depth_views(model_dir, scene_json, *, images=None, options: PointClou
         k = (fx / s, fy / s, (cx - 0.5) / s + 0.5, (cy - 0.5) / s + 0.5)
         rays = cam_lib.generate_rays(camera, frame.c2w[i], pixels=grid, near=frame.near, far=frame.far)
         out = evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
-        views.append(depth_view(k, frame.c2w[i], out["depth"], out["acc"], np.clip(out["rgb"], 0.0, 1.0)))
+        median = out["distance_median"]
+        spread = (out["distance_percentile_95"] - out["distance_percentile_5"]) / np.maximum(median, 1e-12)
+        depth = median if options.depth == "median" else out["depth"]
+        views.append(depth_view(k, frame.c2w[i], depth, out["acc"], np.clip(out["rgb"], 0.0, 1.0), spread))
         if (n + 1) % max(1, len(which) // 5) == 0 or n + 1 == len(which):
             log(f"export: rendered {n + 1}/{len(which)} training views ({grid.shape[1]}x{grid.shape[0]})")
     return views, frame.normalization, int(step)

@@ -176,9 +176,10 @@ def _driver(root: Path, out: Path) -> None:
     scene_io.write_colmap(scene, out / "sparse" / "0")
     assert cli.main(["export", str(scene_json), str(out / "export"), "--model", str(model_dir),
                      "--sparse", str(out / "sparse" / "0"), "--set", "max_points=500"]) == 0
-    # Every filter off: the PLY holds every pixel of every training view (stride 2), for an exact check.
+    # Every filter off: the PLY holds every pixel of every training view (stride 2), for an exact check
+    # (with the expected depth: the depth that evaluate.render_image returns by hand below).
     assert cli.main(["export", str(scene_json), str(out / "raw"), "--what", "ply", "--model", str(model_dir),
-                     "--set", "acc_threshold=0", "--set", "edge_threshold=0", "--set", "min_consistent_views=0",
+                     "--set", "depth=expected", "--set", "acc_threshold=0", "--set", "edge_threshold=0", "--set", "min_consistent_views=0",
                      "--set", "std_ratio=0", "--set", "stride=2"]) == 0
     # The poses alone, without a model, from scene.json (no sparse model).
     assert cli.main(["export", str(scene_json), str(out / "poses_only"), "--what", "transforms,colmap"]) == 0
