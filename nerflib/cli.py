@@ -29,6 +29,19 @@ from nerflib import configs
 from nerflib.types import CAMERA_MODELS
 
 
+def _results_images(model_dir: str, images: str | None) -> str | None:
+    """`images`, else the results layout's pyramid level beside MODEL_DIR (results/{scene}/images_{factor})
+    when it exists, else None (the scene's own image folder)."""
+    if images:
+        return images
+    from pathlib import Path
+
+    from nerflib import checkpoint
+
+    guess = Path(model_dir).resolve().parent / f"images_{checkpoint.load_config(model_dir).factor}"
+    return str(guess) if guess.is_dir() else None
+
+
 def _overrides(items: list[str]) -> dict:
     """`key=value` pairs; values parsed as JSON where possible (numbers, lists, booleans)."""
     out = {}
@@ -137,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="gets points.ply, transforms.json, colmap/")
     p.add_argument("--what", default="ply,transforms,colmap", help="comma-separated: ply, transforms, colmap")
     p.add_argument("--model", default="", help="the trained model's folder (needed by ply)")
-    p.add_argument("--images", default=None, help="image folder at the training factor (default: the scene's)")
+    p.add_argument("--images", default=None,
+                   help="image folder at the training factor (default: images_{factor} beside the model, else the scene's)")
     p.add_argument("--sparse", default="", help="COLMAP model (sparse/0) to write as text (default: scene.json's poses)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a nerflib.export.PointCloudOptions field, e.g. --set stride=2 (repeatable)")
@@ -155,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="web viewer of a trained (or training) model (viser): http://HOST:PORT")
     p.add_argument("model_dir")
     p.add_argument("--scene", default="", help="poses/scene.json (default: MODEL_DIR/../poses/scene.json)")
-    p.add_argument("--images", default=None, help="image folder at the training factor (default: the scene's)")
+    p.add_argument("--images", default=None,
+                   help="image folder at the training factor (default: images_{factor} beside the model, else the scene's)")
     p.add_argument("--sparse", default="", help="COLMAP model whose points are shown (default: MODEL_DIR/../sparse/0)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface; default: this machine)")
     p.add_argument("--port", type=int, default=8080)
@@ -232,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             sparse = args.sparse or (str(run / "sparse" / "0") if (run / "sparse" / "0").is_dir() else "")
             options = viewer.ViewerOptions(host=args.host, port=args.port, max_size=args.max_size,
                                            preview_size=args.preview_size, path_out=args.path_out, wait_s=args.wait)
-            viewer.Viewer(args.model_dir, args.scene or str(run / "poses" / "scene.json"), images=args.images,
-                          sparse_dir=sparse, options=options).serve_forever()
+            viewer.Viewer(args.model_dir, args.scene or str(run / "poses" / "scene.json"),
+                          images=_results_images(args.model_dir, args.images), sparse_dir=sparse,
+                          options=options).serve_forever()
         elif args.step == "export":
             steps.export(args.scene, out_dir=args.out_dir, what=[w for w in args.what.split(",") if w],
-                         model_dir=args.model or None, images=args.images, sparse_dir=args.sparse or None,
+                         model_dir=args.model or None,
+                         images=_results_images(args.model, args.images) if args.model else args.images,
+                         sparse_dir=args.sparse or None,
                          options=_overrides(args.overrides))
         elif args.step == "intake":
             from nerflib import intake
