@@ -188,12 +188,41 @@ def check_query_photos(scene):
 _photos_checked_queries = set()
 
 
+SETTINGS_CHECK = ".snakemake/dnerf/settings_check.json"  # the last settings check_settings found good
+
+
 def check_settings():
-    """train.overrides and localize settings build a valid config for every row (before any job starts)."""
-    from nerflib import configs, localize
+    """train.overrides and localize settings build a valid config for every row (before any job starts).
+
+    Building the configs imports JAX (seconds); the settings found good last time (with the
+    modules that judged them) are remembered in SETTINGS_CHECK, so that every later run, and
+    every job (each parses this file again), skips it while nothing changed.
+    """
+    import hashlib
+    import json
+
+    import nerflib
 
     overrides = config["train"]["overrides"] or {}
     presets = {sheet.loc[s, "preset"] or config["default_preset"] for s in sheet["scene"]}
+    judges = [Path(nerflib.__file__).with_name(n) for n in ("configs.py", "models.py", "localize.py")]
+    key = hashlib.sha256(json.dumps([overrides, sorted(presets), config["localize"],
+                                     [(str(p), p.stat().st_mtime_ns) for p in judges]],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        if json.loads(Path(SETTINGS_CHECK).read_text()).get("good") == key:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    _check_settings(overrides, presets)
+    from nerflib import fileio
+
+    fileio.write_json(SETTINGS_CHECK, {"good": key})
+
+
+def _check_settings(overrides, presets):
+    from nerflib import configs, localize
+
     for preset in sorted(p if p in configs.PRESETS else configs.AUTO_CPU_PRESET for p in presets):
         try:
             configs.override(configs.get_preset(preset), **overrides)
