@@ -131,7 +131,7 @@ def test_exif_rotated_photos_are_used_upright(tmp_path, orientation=6, turn=-1):
     photos.mkdir()
     exif = Image.Exif()
     exif[0x0112] = orientation
-    exif.get_ifd(0x8769)[0xA405] = 26  # FocalLengthIn35mmFilm, which COLMAP starts from
+    exif[0x8769] = {0xA405: 26}  # Exif IFD: FocalLengthIn35mmFilm, which COLMAP starts from
     stored = {f"p{i}.jpg": pattern(i) for i in range(3)}
     for name, pixels in stored.items():
         Image.fromarray(pixels).save(photos / name, quality=98, exif=exif)
