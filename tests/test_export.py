@@ -11,7 +11,6 @@ of the chain: rendering the training views, the training normalization undone, t
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -23,30 +22,10 @@ import pytest
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 from test_train import compile_cache, subprocess_env  # noqa: E402
+from surfaces import surface_distance  # noqa: E402
 from toymodel import toy_model  # noqa: E402, F401 (a fixture)
 
 # --------------------------------------------------------------------------- the demo's surfaces
-
-
-def surface_distance(x: np.ndarray) -> np.ndarray:
-    """Unsigned distance [N] of points x [N, 3] to the nearest surface of the demo scene (nerflib.synthetic)."""
-    from nerflib import synthetic
-
-    dists = [np.abs(x[:, 2]), np.abs(np.linalg.norm(x, axis=1) - synthetic.DOME_RADIUS)]
-    for obj in synthetic.OBJECTS:
-        p = x - np.asarray(obj.center)
-        if obj.kind == "sphere":
-            dists.append(np.abs(np.linalg.norm(p, axis=1) - obj.size[0]))
-        elif obj.kind == "box":
-            c, s = math.cos(obj.yaw), math.sin(obj.yaw)
-            local = np.stack([c * p[:, 0] + s * p[:, 1], -s * p[:, 0] + c * p[:, 1], p[:, 2]], axis=1)
-            q = np.abs(local) - np.asarray(obj.size)
-            dists.append(np.abs(np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(axis=1), 0)))
-        else:
-            r, h = obj.size
-            q = np.stack([np.hypot(p[:, 0], p[:, 1]) - r, np.abs(p[:, 2]) - h / 2], axis=1)
-            dists.append(np.abs(np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(axis=1), 0)))
-    return np.min(dists, axis=0)
 
 
 @pytest.fixture(scope="module")
