@@ -332,6 +332,8 @@ def _replace(cfg: Config, overrides: dict) -> Config:
             raise ValueError(
                 f"unknown config field {key!r}{_did_you_mean(key, merged)}; known: {', '.join(sorted(merged))}"
             )
+        if key != "model":
+            check_type(key, value, typing.get_type_hints(Config)[key])
         merged[key] = to_dict(value) if dataclasses.is_dataclass(value) else value
     for key, value in model_over.items():
         if key not in merged["model"]:
@@ -339,8 +341,83 @@ def _replace(cfg: Config, overrides: dict) -> Config:
                 f"unknown model config field {key!r}{_did_you_mean(key, merged['model'])}; "
                 f"known: {', '.join(sorted(merged['model']))}"
             )
+        check_type(f"model.{key}", value, typing.get_type_hints(ModelConfig)[key])
         merged["model"][key] = value
     return from_dict(merged)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_type(name: str, value, hint) -> None:
+    """Raise ValueError unless `value` (from YAML/JSON/the command line) fits the field type `hint`.
+
+    int fields take integers only (400, not 400.0 or "400"); float fields take any number; a
+    string that reads as a number gets a hint (YAML 1.1 reads `1e-3` as text: write 1.0e-3).
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_type(name, value, arg)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else
+                         f"{name} must be one of {', '.join(_type_name(a) for a in args)}, got {value!r}")
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return
+    fits = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    if hint in fits:
+        if fits[hint](value):
+            return
+        hint_text = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint_text = (" (a number written as text: YAML reads 1e-3 as text, write 1.0e-3; "
+                             "or remove the quotes)")
+            except ValueError:
+                pass
+        elif hint is int and isinstance(value, float) and value.is_integer():
+            hint_text = f" (write {int(value)}, without the decimal point)"
+        raise ValueError(f"{name} must be {'an' if hint is int else 'a'} {hint.__name__}, got "
+                         f"{value!r} ({type(value).__name__}){hint_text}")
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r} ({type(value).__name__})")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            for i, item in enumerate(value):
+                check_type(f"{name}[{i}]", item, args[0])
+        elif args:
+            if len(args) != len(value):
+                raise ValueError(f"{name} must be a list of {len(args)} items, got {len(value)}: {value!r}")
+            for i, (item, arg) in enumerate(zip(value, args)):
+                check_type(f"{name}[{i}]", item, arg)
+        return
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, (dict, hint)):
+            raise ValueError(f"{name} must be a mapping of {hint.__name__} fields, got {value!r}")
+
+
+def check_fields(cls, values: dict, *, what: str) -> None:
+    """Names (with a 'did you mean') and types of `values` as fields of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
+        if key not in hints or key not in known:
+            raise ValueError(f"unknown {what} {key!r}{_did_you_mean(key, known)}; known: {', '.join(sorted(known))}")
+        check_type(key, value, hints[key])
 
 
 def _did_you_mean(name: str, known) -> str:

@@ -192,8 +192,10 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
     start='perturbed' is the evaluation mode that starts from the ground truth
     moved by perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
     """
+    from nerflib import images as images_mod
     from nerflib import localize_step
 
+    images_mod.check_images(queries, min_images=1)  # a truncated photo or a decompression bomb fails here, named
     _start_jax_step(out_dir, subfolders=("views",))
     return localize_step.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
@@ -238,20 +240,6 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
                                     "fresh_start": "; ".join(final.get("fresh_start", [])) or "no"}
     figures.settings_table(settings, out_dir / "settings.tsv")
     return {"out_dir": str(out_dir)}
-
-
-def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_dir=None, images=None,
-           sparse_dir=None, options=None) -> dict:
-    """Exports for other tools in out_dir: points.ply (needs the model), transforms.json, colmap/ (nerflib.export)."""
-    from nerflib import export as export_mod
-
-    what = [what] if isinstance(what, str) else list(what)
-    if "ply" in what:
-        _start_jax_step(out_dir)
-    else:
-        _remove_stale_temps(out_dir)  # colmap/ cleans up after itself (export.colmap_text)
-    return export_mod.export(out_dir, scene_json=scene_json, what=what, model_dir=model_dir, images=images,
-                             sparse_dir=sparse_dir or None, options=options)
 
 
 def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_dir=None, images=None,

@@ -311,7 +311,7 @@ def _run_changes(steps, tmp_path_factory, source, rng) -> list[str]:
     for step in steps:
         together = (step,) if isinstance(step, str) else tuple(step)
         name = "+".join(together)
-        retrains = any([CHANGES[n](inp, rng) for n in together])
+        retrains = any([CHANGES[n](inp, rng) for n in together])  # a list: every change is applied
         _snakemake(inp.workdir, cache)
         log = _train_log(inp.workdir).read_text()  # Snakemake empties a job's log before it runs
         clean = inp.copy_to(tmp_path_factory.mktemp("clean"))

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RENDER_FRAMES, RENDER_FPS = 24, 12
 ALLOWED_TOP_LEVEL = {"config", "results", "logs", "resources", "benchmarks", ".snakemake"}
+DEMO_UMASK = 0o022  # the usual umask: every output must be readable by group and others
 
 
 def snakemake(workdir, *args, timeout=1800, env=None):
@@ -68,7 +69,7 @@ class DemoRun:
         with self.stdout.open("w") as so, self.stderr.open("w") as se:
             self.proc = subprocess.Popen(
                 [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(self.workdir), "--cores", "2"],
-                stdout=so, stderr=se, text=True, env=env, start_new_session=True)
+                stdout=so, stderr=se, text=True, env=env, start_new_session=True, umask=DEMO_UMASK)
 
     def wait(self, timeout: float = 1800) -> subprocess.CompletedProcess:
         try:
@@ -108,6 +109,22 @@ def test_every_declared_output_exists(demo_run):
         assert row["status"] == "ok", row
     again = snakemake(demo_run, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_every_output_is_readable_by_group_and_others_under_umask_022(demo_run):
+    """Atomic writes (mkstemp: 0600) and checkpoints get what the umask allows, as any plain write would."""
+    private = []
+    for top in ("results", "resources", "logs", "benchmarks"):
+        for path in (demo_run / top).rglob("*"):
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode & 0o777
+            want = 0o755 if path.is_dir() else 0o644
+            if mode & want != want:
+                private.append(f"{path.relative_to(demo_run)} {mode:o}")
+    assert not private, private[:20]
+    checkpoints = list((demo_run / "results/demo/model/checkpoints").rglob("*"))
+    assert any(p.is_file() for p in checkpoints)  # checked above too
 
 
 def test_nothing_written_outside_the_output_folders(demo_run):
