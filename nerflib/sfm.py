@@ -671,7 +671,8 @@ def run_sfm(
         )
         if summary["unregistered"]:
             log(f"[sfm] unregistered: {', '.join(summary['unregistered'])}")
-        diag = pose_checks.diagnose(rec, names, database=database, ordered=True if matcher_used == "sequential" else None)
+        ordered = True if matcher_used == "sequential" else None  # None: judged from the matches
+        diag = pose_checks.diagnose(rec, names, database=database, ordered=ordered)
         summary["diagnostics"] = diag
         log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
         if diag["warnings"]:
