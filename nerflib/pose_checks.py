@@ -10,6 +10,8 @@ what each one means and what to do when it warns.
                                  degree, connected components, and whether the
                                  file names follow the capture order (`looks_ordered`)
   image_stats(rec)               per-image observations, track lengths
+  camera_checks(rec)             implausible intrinsics (a failed self-calibration)
+  capture_order(names)           names sorted with digit runs by value (video frames)
   path_continuity(names, c2w)    for ordered captures: rotation angle and centre
                                  distance between neighbours against their median;
                                  jumps flagged by name, the path split into arcs
@@ -54,7 +56,7 @@ ORDER_TOP_K = 3
 # or the median centre error this fraction of the set's radius.
 ALIGN_WARN_DEG = 2.0
 ALIGN_WARN_RADIUS_FRACTION = 0.05
-BRIDGE_MAX_DEG = 120.0
+BRIDGE_MAX_DEG = 120.0  # _bridge: no verdict across gaps where more rotation than this is expected
 # camera_checks: fx / fy beyond this (either way) or fx / longest side outside
 # FOCAL_RANGE (fields of view of about 150 down to 6 degrees) is implausible.
 MAX_FOCAL_ASPECT = 1.1
