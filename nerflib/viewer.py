@@ -213,22 +213,28 @@ class Viewer:
 
     def _add_scene(self) -> None:
         server = self.server
+        centres = self.frame.c2w[:, :, 3]
+        radius = float(np.median(np.linalg.norm(centres - centres.mean(0), axis=-1))) or 1.0  # the capture's size
+        self._frustums, self._points = [], None
         for n, i in enumerate(self.frame.train):
             cam = self.frame.cameras[i]
             fy = cam.param("fy")
             c2w = self.frame.c2w[i]
-            scale = 0.05 * float(np.median(np.linalg.norm(self.frame.c2w[:, :, 3], axis=-1)) or 1.0)
-            server.scene.add_camera_frustum(
+            self._frustums.append(server.scene.add_camera_frustum(
                 f"/cameras/{n:04d}", fov=2 * np.arctan(0.5 * cam.height / fy), aspect=cam.width / cam.height,
-                scale=scale, wxyz=_rot_to_wxyz(c2w[:, :3]), position=c2w[:, 3], color=(40, 90, 200))
+                scale=0.03 * radius, thickness=1.5, thickness_units="screen", wxyz=_rot_to_wxyz(c2w[:, :3]),
+                position=c2w[:, 3], color=(40, 90, 200)))
         if self.points is not None and len(self.points):
             pts = np.asarray(self.points, np.float32)
-            server.scene.add_point_cloud("/sparse_points", pts, colors=(200, 120, 40), point_size=0.01)
+            self._points = server.scene.add_point_cloud("/sparse_points", pts, colors=(240, 150, 40),
+                                                        point_size=0.004 * radius)
 
     def _add_gui(self) -> None:
         gui = self.server.gui
         self._output = gui.add_dropdown("Output", OUTPUTS, initial_value="colour")
         self._step_text = gui.add_text("Model step", initial_value=str(self.step), disabled=True)
+        show_cameras = gui.add_checkbox("Training cameras", initial_value=True)
+        show_points = gui.add_checkbox("Sparse points", initial_value=True, visible=self._points is not None)
         self._spacing = gui.add_number("Seconds between keyframes", initial_value=self.options.keyframe_seconds,
                                        min=0.05, step=0.05)
         self._count = gui.add_text("Keyframes", initial_value="0", disabled=True)
@@ -239,8 +245,19 @@ class Viewer:
 
         @self._output.on_update
         def _(_event) -> None:
-            for state in self._clients.values():
-                state["dirty"] = True
+            self._redraw()
+
+        @show_cameras.on_update
+        def _(_event) -> None:
+            for f in self._frustums:
+                f.visible = show_cameras.value
+            self._redraw()
+
+        @show_points.on_update
+        def _(_event) -> None:
+            if self._points is not None:
+                self._points.visible = show_points.value
+            self._redraw()
 
         @add.on_click
         def _(event) -> None:
@@ -258,6 +275,11 @@ class Viewer:
                 self._saved.value = str(self.save_path())
             except ValueError as e:
                 self._saved.value = f"not saved: {e}"
+
+    def _redraw(self) -> None:
+        """Send every client a new frame (a change of the scene's contents can drop the browser's background)."""
+        for state in self._clients.values():
+            state["dirty"] = True
 
     def add_keyframe(self, client) -> None:
         """The client's camera as the next keyframe (training frame; converted when saved)."""
