@@ -206,6 +206,11 @@ def test_sfm_on_synthetic_scene(synthetic_scene, tmp_path):
     assert summary["unregistered"] == []
     assert rot_med < 0.5
     assert pos_med < 0.01
+    # A clean orbit (names in capture order, detected from the matches): the pose checks stay quiet.
+    diag = summary["diagnostics"]
+    print(f"diagnostics: {diag['warnings']}, {diag['cameras']}")
+    assert diag["ordered"] and diag["warnings"] == [] and diag["flagged"] == []
+    assert diag["continuity"]["jumps"] == [] and len(diag["view_graph"]["components"]) == 1
 
 
 # ------------------------------------------------------------ vocabulary tree (image retrieval)
