@@ -166,3 +166,24 @@ def test_keyframes_saved_from_the_page_render_through_the_step(viewer, page, toy
         frame = video.read_png(video.frame_paths(toy_model / "viewer" / "flight", k, 2)["color"]).astype(int)
         assert frame.shape == (h, w, 3)
         assert np.abs(frame - np.rint(np.clip(by_hand["rgb"], 0, 1) * 255)).max() <= 1
+
+
+def test_a_newer_checkpoint_is_picked_up(toy_model, tmp_path):
+    """A training run's next checkpoint replaces the shown model (the render thread calls this every reload_s)."""
+    import shutil
+
+    from nerflib import viewer as viewer_lib
+
+    model = tmp_path / "model"
+    shutil.copytree(toy_model / "model", model)
+    later = tmp_path / "later"
+    steps = sorted(int(p.name) for p in (model / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) >= 2, steps
+    shutil.move(model / "checkpoints" / str(steps[-1]), later)  # as if training had not got there yet
+    v = viewer_lib.Viewer(model, toy_model / "data" / "scene.json", log=lambda m: None)
+    assert v.step == steps[-2] and not v.reload_if_newer()
+    c2w = v.frame.c2w[v.frame.train[0]]
+    before = v.render(c2w, 0.8, 4 / 3, 32)
+    shutil.move(later, model / "checkpoints" / str(steps[-1]))  # the next checkpoint arrives
+    assert v.reload_if_newer() and v.step == steps[-1]
+    assert not np.array_equal(v.render(c2w, 0.8, 4 / 3, 32), before)
