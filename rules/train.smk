@@ -12,7 +12,6 @@ rule train:
         final="results/{scene}/model/final.json",
     params:
         settings=train_params,
-        viewer=config["train"]["viewer"],
     log:
         "logs/train/{scene}.log",
     benchmark:

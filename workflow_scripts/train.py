@@ -25,13 +25,15 @@ settings = snakemake.params.settings
 # How to run, not what to compute: read here, not a param, so that switching it reruns nothing.
 allow_cpu = bool(snakemake.config.get("allow_cpu", False))
 launcher = str(snakemake.resources.get("mpi", "") or "").strip()
+# The viewer option is read from the config, not a param: turning it on or off must not rerun training.
+viewer_options = snakemake.config["train"].get("viewer") or {}
 viewer = None
-if snakemake.params.viewer.get("enabled"):  # `nerf view` beside the training, following its checkpoints
+if viewer_options.get("enabled"):  # `nerf view` beside the training, following its checkpoints
     Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
     viewer = subprocess.Popen(
         [sys.executable, "-m", "nerflib.cli", "--log", snakemake.log[0], "view", str(model_dir),
          "--scene", snakemake.input.scene, "--images", snakemake.input.images,
-         "--host", str(snakemake.params.viewer["host"]), "--port", str(snakemake.params.viewer["port"]),
+         "--host", str(viewer_options.get("host", "127.0.0.1")), "--port", str(viewer_options.get("port", 8080)),
          "--wait", "86400"],
         env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # leave the GPU's memory to training
 
