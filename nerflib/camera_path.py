@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from nerflib import fileio, paths
+from nerflib.types import Camera
 
 FORMAT = "nerflib-camera-path"
 VERSION = 1
@@ -164,6 +165,26 @@ def write_path(path, c2w, times, *, fps: float, fov=None, width: int | None = No
         d.update(width=int(width), height=int(height))
     d["keyframes"] = keys
     fileio.write_json(path, d)
+
+
+def render_frames(path_file, normalization: dict | None, base: Camera):
+    """A path file -> (c2w [n, 3, 4] in a model's training frame, one PINHOLE camera per frame, fps).
+
+    normalization: the training normalization (scene_io.normalize_scene's, None: none). Frame size:
+    the file's, else `base`'s (the training camera at the render factor); focal length: from each
+    frame's vertical field of view, else `base`'s vertical focal length scaled to the frame height.
+    """
+    from nerflib import scene_io
+
+    cp = read_path(path_file)
+    c2w = cp.c2w if normalization is None else scene_io.transform_poses(cp.c2w, normalization["T"])
+    width, height = (cp.width, cp.height) if cp.width else (base.width, base.height)
+    base_fy = base.param("fy") * height / base.height
+    cameras = []
+    for k in range(len(c2w)):
+        fy = base_fy if cp.fov is None else focal_of(float(cp.fov[k]), height)
+        cameras.append(Camera("PINHOLE", int(width), int(height), (fy, fy, width / 2, height / 2)))
+    return np.asarray(c2w), cameras, cp.fps
 
 
 # --------------------------------------------------------------------------- nerfstudio

@@ -2,7 +2,7 @@
 
   points.ply       binary little-endian PLY: x, y, z (float32, the scene's original
                    frame: scene.json's, the COLMAP model's), red, green, blue (uint8,
-                   the rendered colour). Built from the expected depth of every
+                   the rendered colour). Built from the rendered depth of every
                    training view (`point_cloud`), then filtered (below).
   transforms.json  the poses and cameras for nerfstudio / instant-ngp / 3D Gaussian
                    splatting (scene_formats.write_blender: camera-to-world 4x4 with OpenGL
@@ -25,8 +25,8 @@ the distance, the median's 3.4 %). Pixels are dropped where
   * the termination distances spread over more than `max_spread` of the median (their
     95th - 5th percentile; off by default);
   * near a depth discontinuity (`edge_threshold`: the second difference of inverse depth
-    relative to the pixel's, and the 8 neighbours of such pixels): at a silhouette the
-    expected depth mixes foreground and background ("flying pixels");
+    relative to the pixel's, and the 8 neighbours of such pixels): at a silhouette a
+    pixel's depth mixes foreground and background ("flying pixels");
   * fewer than `min_consistent_views` other training views agree (multi-view
     consistency): the point is projected into the other views; a view agrees when the
     point is in its image and in front, and the depth it rendered at that pixel

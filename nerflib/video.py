@@ -246,21 +246,6 @@ def build_path(frame: TrainingFrame, *, path: str = "auto", keyframes=(), n_fram
 # --------------------------------------------------------------------------- rendering
 
 
-def path_file_frames(frame: TrainingFrame, path_file, base: Camera):
-    """A camera path file (nerflib.camera_path: ours or nerfstudio's) -> (c2w [n, 3, 4] in the training
-    frame, one PINHOLE camera per frame, fps). Frame size: the file's, else `base`'s; focal length: from
-    each frame's vertical field of view, else `base`'s vertical focal length scaled to the frame height."""
-    cp = camera_path_lib.read_path(path_file)
-    c2w = cp.c2w if frame.normalization is None else scene_io.transform_poses(cp.c2w, frame.normalization["T"])
-    width, height = (cp.width, cp.height) if cp.width else (base.width, base.height)
-    base_fy = base.param("fy") * height / base.height
-    cameras = []
-    for k in range(len(c2w)):
-        fy = base_fy if cp.fov is None else camera_path_lib.focal_of(float(cp.fov[k]), height)
-        cameras.append(Camera("PINHOLE", int(width), int(height), (fy, fy, width / 2, height / 2)))
-    return np.asarray(c2w), cameras, cp.fps
-
-
 def frame_paths(out_dir: str | os.PathLike, k: int, n_frames: int) -> dict[str, Path]:
     """{'color', 'depth', 'acc'} -> out_dir/frames/<kind>/NNNN.png of frame k."""
     width = max(4, len(str(max(n_frames - 1, 0))))
@@ -392,7 +377,7 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     camera = render_camera(frame.cameras[frame.train[0]], factor=cfg.factor if factor is None else factor,
                            pinhole=pinhole)
     if kind == "file":
-        c2w, cameras, fps = path_file_frames(frame, path, camera)
+        c2w, cameras, fps = camera_path_lib.render_frames(path, frame.normalization, camera)
         camera = cameras[0]
     else:
         c2w = build_path(frame, path=kind, keyframes=keyframes, n_frames=int(n_frames), **dict(path_options or {}))
