@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-registered-fraction", type=float, default=0.5)
     p.add_argument("--vocab-tree", default="", help="vocabulary tree file for --matcher vocab_tree (nerf vocab-tree)")
     p.add_argument("--sequential-overlap", type=int, default=10)
+    p.add_argument("--strict", action="store_true",
+                   help="fail when the pose diagnostics warn (docs/pose_diagnostics.md), not only warn")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     p = sub.add_parser(
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.poses(args.images, scene_dir=args.scene_dir, camera_model=args.camera_model, matcher=args.matcher,
                         poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,
                         max_image_size=args.max_image_size, min_registered_fraction=args.min_registered_fraction,
-                        vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, threads=args.threads)
+                        vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, strict=args.strict,
+                        threads=args.threads)
         elif args.step == "vocab-tree":
             from nerflib import sfm
 
