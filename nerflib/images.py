@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def _listing(items: list[str]) -> str:
     return shown
 
 
+def has_control_characters(name: str) -> bool:
+    """True if `name` holds a control character (tab, newline, carriage return, escape, ...)."""
+    return any(unicodedata.category(c) == "Cc" for c in name)
+
+
 def is_image_name(name: str) -> bool:
     """True for a visible file name with a supported image extension (any case)."""
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -64,6 +70,13 @@ def list_images(folder: str | os.PathLike) -> list[str]:
             "point the scene's image folder at a directory of photos"
         )
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+    odd = [name for name in names if has_control_characters(name)]
+    if odd:
+        raise ValueError(
+            f"{len(odd)} photo name(s) in {folder} hold control characters (tab, newline, ...): "
+            f"{_listing([ascii(n) for n in odd])}; they would break the tab-separated outputs. "
+            "Rename these files (letters, digits, spaces and punctuation are fine)"
+        )
     if not names:
         raise ValueError(
             f"image folder {folder} holds no images; put the photos there as "
@@ -221,6 +234,30 @@ def check_images(
             stacklevel=2,
         )
     return sizes
+
+
+def write_manifest(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Write `path` listing each photo of `folder` with its size and modification time, if that
+    list changed; True if written.
+
+    A folder's own modification time changes when a photo is added, removed or renamed, but not
+    when one is overwritten in place (a re-export under the same name). The workflow declares this
+    file as an input beside the folder, so that a rewritten photo reruns what depends on it.
+    """
+    folder = Path(folder)
+    entries = []
+    for name in list_images(folder):
+        st = (folder / name).stat()
+        entries.append([name, st.st_size, st.st_mtime_ns])
+    text = json.dumps({"folder": str(folder.resolve()), "photos": entries}, indent=1) + "\n"
+    path = Path(path)
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    fileio.write_text(path, text)
+    return True
 
 
 def read_raw(path: str | os.PathLike):

@@ -148,6 +148,46 @@ def check_photos(scene):
     return folder
 
 
+PHOTO_MANIFESTS = ".snakemake/dnerf/photo_manifests"  # name, size, mtime of each photo (images.write_manifest)
+_manifests = {}
+
+
+def manifest_of(folder, name):
+    """The manifest file of a photo folder, (re)written now if a photo changed (once per run).
+
+    Declared as an input beside the folder: a photo overwritten in place changes the manifest but
+    not the folder's modification time, which is all Snakemake compares for a folder.
+    """
+    if name not in _manifests:
+        from nerflib import images
+
+        _manifests[name] = f"{PHOTO_MANIFESTS}/{name}.json"
+        images.write_manifest(folder, _manifests[name])
+    return _manifests[name]
+
+
+def photo_manifest(wildcards):
+    """The manifest of the row's photo folder ([] for the synthetic demo and for a video file)."""
+    scene = wildcards.scene
+    source = resolve(sheet.loc[scene, "source"])
+    if is_synthetic(scene) or not Path(source).is_dir():
+        return []
+    return manifest_of(source, scene)
+
+
+def training_manifest(wildcards):
+    """photo_manifest where training reads the photos themselves (factor 1): a pyramid level is an
+    output folder, renewed whenever the pyramid reruns."""
+    return photo_manifest(wildcards) if factor_of(wildcards.scene) == 1 else []
+
+
+def query_manifest(scene):
+    folder = resolve(sheet.loc[scene, "queries"]) if sheet.loc[scene, "queries"] else ""
+    if not folder or sheet.loc[scene, "queries"] == "synthetic" or not Path(folder).is_dir():
+        return []
+    return manifest_of(folder, f"{scene}.queries")
+
+
 def check_poses_file(scene, column, folder, fmt="auto"):
     """The row's poses file reads and names only photos of `folder` (before any job starts)."""
     from nerflib import scene_io
@@ -281,7 +321,7 @@ def image_folder(wildcards):
 
 def poses_input(wildcards):
     """Inputs of the poses step: the photos, plus the scene generator or a poses file."""
-    inputs = {"images": image_folder(wildcards)}
+    inputs = {"images": image_folder(wildcards), "manifest": photo_manifest(wildcards)}
     poses = sheet.loc[wildcards.scene, "poses"]
     if poses:
         inputs["poses"] = resolve(poses)
@@ -400,6 +440,8 @@ def localize_input(wildcards):
         "model": f"results/{scene}/model/final.json",
         "sparse": f"results/{scene}/sparse/0",
         "queries": check_query_photos(scene),
+        "manifest": training_manifest(wildcards),
+        "query_manifest": query_manifest(scene),
     }
     if sheet.loc[scene, "query_poses"]:
         check_query_poses(scene)

@@ -7,6 +7,7 @@ rule export_points:
     input:
         scene="results/{scene}/poses/scene.json",
         images=training_images,
+        manifest=training_manifest,
         model="results/{scene}/model/final.json",
     output:
         ply="results/{scene}/export/points.ply",

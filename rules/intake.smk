@@ -7,6 +7,7 @@
 rule intake:
     input:
         source=intake_source,
+        manifest=photo_manifest,
     output:
         directory("results/{scene}/photos"),
     params:

@@ -4,6 +4,7 @@
 rule pyramid:
     input:
         images=image_folder,
+        manifest=photo_manifest,
     output:
         directory("results/{scene}/images_{factor}"),
     log:

@@ -7,6 +7,7 @@ rule render:
     input:
         scene="results/{scene}/poses/scene.json",
         images=training_images,
+        manifest=training_manifest,
         model="results/{scene}/model/final.json",
         path_file=render_path_file,
     output:

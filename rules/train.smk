@@ -8,6 +8,7 @@ rule train:
     input:
         scene="results/{scene}/poses/scene.json",
         images=training_images,
+        manifest=training_manifest,
     output:
         final="results/{scene}/model/final.json",
     params:
@@ -31,6 +32,7 @@ rule evaluate:
     input:
         scene="results/{scene}/poses/scene.json",
         images=training_images,
+        manifest=training_manifest,
         model="results/{scene}/model/final.json",
     output:
         metrics=report(

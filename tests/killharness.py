@@ -104,11 +104,13 @@ def _session_processes(sid: int) -> list[str]:
 
 
 def stray_files(workdir: Path) -> list[str]:
-    """Temp files or folders under results/ and resources/ (dot names other than Snakemake's timestamps, '*tmp*')."""
+    """Temp files or folders under results/ and resources/ (dot names other than Snakemake's timestamps and
+    the model folder's lock file, '*tmp*')."""
     stray = []
     for top in ("results", "resources"):
         for p in (workdir / top).rglob("*"):
-            if (p.name.startswith(".") and p.name != ".snakemake_timestamp") or "tmp" in p.name.lower():
+            ours = (".snakemake_timestamp", fileio.LOCK_NAME)  # Snakemake's; the model folder's lock (kept: flock)
+            if (p.name.startswith(".") and p.name not in ours) or "tmp" in p.name.lower():
                 stray.append(p.relative_to(workdir).as_posix())
     return sorted(stray)
 

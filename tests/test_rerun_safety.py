@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from nerflib import checkpoint, configs, datasets, fileio, fingerprint, parallel, scene_io, sheet
+from nerflib import checkpoint, configs, datasets, fileio, fingerprint, images, parallel, scene_io, sheet
 from nerflib import train as train_lib
 
 from imagetools import noise, write_encoded
@@ -200,3 +200,20 @@ def test_a_tsv_cell_cannot_split_a_row_or_forge_the_mean():
 def test_good_overrides_pass_and_ints_are_floats_where_floats_are_asked():
     cfg = configs.override(configs.tiny(), lr_init=1, max_steps=10, near=None, debug_nan_steps=[1, 2])
     assert cfg.lr_init == 1.0 and isinstance(cfg.lr_init, float) and cfg.debug_nan_steps == (1, 2)
+
+
+def test_the_photo_manifest_changes_when_a_photo_is_overwritten_in_place(tmp_path):
+    """A folder's mtime misses a photo rewritten under its own name; the manifest (a declared input) does not."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        write_encoded(folder / f"{i}.png", noise(4, 4, seed=i))
+    manifest = tmp_path / "manifest.json"
+    assert images.write_manifest(folder, manifest)
+    assert not images.write_manifest(folder, manifest)  # nothing changed: not rewritten (its mtime stays)
+    folder_mtime = folder.stat().st_mtime_ns
+    stamp = os.stat(folder / "1.png")
+    write_encoded(folder / "1.png", noise(4, 4, seed=9))  # same name, other pixels
+    os.utime(folder / "1.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))
+    assert folder.stat().st_mtime_ns == folder_mtime  # what Snakemake sees of the folder: unchanged
+    assert images.write_manifest(folder, manifest)
