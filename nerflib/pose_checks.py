@@ -56,6 +56,10 @@ ORDER_TOP_K = 3
 # or the median centre error this fraction of the set's radius.
 ALIGN_WARN_DEG = 2.0
 ALIGN_WARN_RADIUS_FRACTION = 0.05
+# More jumps than this and no arc is trusted: measured on the adversarial
+# scene, a path broken in 14 places had its longest arcs wrong too (all 32
+# frames 5-179 degrees off), while a few misplaced runs of frames give 2-4.
+MAX_JUMPS_FOR_CONSENSUS = 4
 BRIDGE_MAX_DEG = 120.0  # _bridge: no verdict across gaps where more rotation than this is expected
 # camera_checks: fx / fy beyond this (either way) or fx / longest side outside
 # FOCAL_RANGE (fields of view of about 150 down to 6 degrees) is implausible.
@@ -215,7 +219,8 @@ def path_continuity(names: list[str], c2w) -> dict:
     across the frames between them (`_bridge`): a few frames put on the wrong
     side of the object leave the path on both sides of them trusted. Frames
     outside the trusted arcs are suspect; when those hold less than half the
-    frames, there is no consensus and every frame is suspect.
+    frames, or the path has more than MAX_JUMPS_FOR_CONSENSUS jumps, there is
+    no consensus and every frame is suspect.
     """
     c2w = np.asarray(c2w, np.float64)
     if len(names) != len(c2w):
@@ -240,7 +245,7 @@ def path_continuity(names: list[str], c2w) -> dict:
     cuts = [0, *(int(k) + 1 for k in np.flatnonzero(jump)), n]
     spans = sorted(((a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a), key=lambda ab: (ab[0] - ab[1], ab[0]))
     trusted = _bridge(spans, c2w, med_rot, med_step, step_limit)
-    if 2 * len(trusted) < n:  # no arc (or bridged set of arcs) holds half the frames: no consensus
+    if 2 * len(trusted) < n or len(jumps) > MAX_JUMPS_FOR_CONSENSUS:  # no consensus
         trusted = set()
     arcs = [list(names[a:b]) for a, b in spans]
     return {
@@ -350,7 +355,8 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
         if len(cont["jumps"]) > MAX_JUMPS_LISTED:
             warnings.append(f"{len(cont['jumps']) - MAX_JUMPS_LISTED} more path jump(s) (summary.json lists them)")
         if cont["suspect"]:
-            where = ("no arc holds half the frames, so none can be trusted" if len(cont["suspect"]) == cont["frames"]
+            where = ("no consensus (too many jumps, or no arc holds half the frames), so no arc can be trusted"
+                     if len(cont["suspect"]) == cont["frames"]
                      else "frames outside the longest arc (and the arcs that continue it)")
             warnings.append(
                 f"the camera path breaks into {len(cont['arcs'])} arcs; {where}; {len(cont['suspect'])} frame(s) "

@@ -265,3 +265,13 @@ def test_camera_checks_flag_implausible_intrinsics():
     out = pose_checks.camera_checks(types.SimpleNamespace(cameras=cams))
     assert [c["problem"] is None for c in out] == [True, False, False]
     assert "fx/fy = 2.00" in out[1]["problem"] and "focal length 20 px" in out[2]["problem"]
+
+
+def test_many_jumps_leave_no_arc_trusted():
+    n = 40
+    names = _names(n)
+    c2w = synthetic_hard.ordered_path_c2w(n, seed=0)
+    for a in (5, 12, 19):  # three single frames a half turn off: six jumps, the longest arc still holds 17 frames
+        c2w[a] = _turn_about_z(c2w[a:a + 1], 180.0)[0]
+    out = pose_checks.path_continuity(names, c2w)
+    assert len(out["jumps"]) == 6 and out["suspect"] == names
