@@ -169,7 +169,7 @@ def test_overview_write_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "overview.html"
     report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
     before = out.read_text()
-    stale = tmp_path / ".overview.html.ab12cd_9.html"  # what a SIGKILL inside the write leaves
+    stale = tmp_path / ".overview.html.ab12cd_9.dnerftmp.html"  # what a SIGKILL inside the write leaves
     stale.write_text("half a page")
     report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
     assert not stale.exists() and out.read_text() == before
