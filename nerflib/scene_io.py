@@ -626,7 +626,7 @@ def load_poses(path, fmt: str = "auto", *, image_dir=None, check_images: bool = 
 
 def load_poses_for_photos(path, fmt: str, images) -> Scene:
     """`load_poses` for the photos in folder `images`: every image the file names must be a photo
-    of that folder (no `../` or absolute names reaching outside it; nothing missing)."""
+    of that folder (no `../` or absolute names reaching outside it; none missing)."""
     images = Path(images)
     scene = load_poses(path, fmt, image_dir=images)
     root = images.resolve()
@@ -637,13 +637,7 @@ def load_poses_for_photos(path, fmt: str, images) -> Scene:
             f"(e.g. {', '.join(outside[:3])}); name the photos relative to that folder, or point the row's "
             "`source` at the folder that holds them"
         )
-    missing = [n for n in scene.names if not (images / n).is_file()]
-    if missing:
-        raise ValueError(
-            f"{path}: {len(missing)} image(s) named in the poses file are not in {images} "
-            f"(e.g. {', '.join(missing[:3])}); fix the names or the `source` folder."
-        )
-    return scene
+    return scene  # load_poses has checked that every image it names is there
 
 
 # --------------------------------------------------------------------------

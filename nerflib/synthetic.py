@@ -687,7 +687,7 @@ def colmap_text(scene: Scene) -> dict[str, str]:
             (("cameras.txt", cams), ("images.txt", imgs), ("points3D.txt", pts))}
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray, *, quality: int) -> None:
+def write_jpeg(path: Path, rgb: np.ndarray, *, quality: int) -> None:
     """Atomic JPEG without chroma subsampling.
 
     These textures carry colour detail down to the pixel: the default 4:2:0
@@ -710,7 +710,7 @@ def _write_set(out_dir: Path, sub: str, prefix: str, c2ws, camera, *, seed, supe
     names = [f"{prefix}{i:03d}.jpg" for i in range(len(c2ws))]
     for name, c2w in zip(names, c2ws):
         rgb, _ = _render(camera, c2w, seed=seed, supersample=supersample, want_depth=False)
-        _write_jpeg(folder / name, rgb, quality=jpeg_quality)
+        write_jpeg(folder / name, rgb, quality=jpeg_quality)
     for stale in sorted({p.name for p in folder.glob("*.jpg")} - set(names)):  # left by a bigger run
         (folder / stale).unlink()
     # near/far bound the ray distance of every surface from every camera here.

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nerflib import fileio, scene_io
-from nerflib.synthetic import colmap_text, look_at, pinhole
+from nerflib.synthetic import colmap_text, look_at, pinhole, write_jpeg
 from nerflib.types import Camera, Scene
 
 ROOM_HALF = 6.0
@@ -285,17 +285,6 @@ def ordered_path_c2w(n_frames: int, *, arc_deg: float = 360.0, seed: int = 0) ->
     return np.stack([look_at(e, a, roll=r) for e, a, r in zip(eyes, aim, roll)])
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
-    import cv2
-
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), params)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    with fileio.atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
 def generate(out_dir, scene: HardScene = HardScene(), *, n_frames: int = 32, width: int = 240, height: int = 180,
              arc_deg: float = 360.0, supersample: int = 2, jpeg_quality: int = 95) -> dict:
     """Write images/NNN.jpg (the path, in capture order), gt/scene.json, gt/colmap/*.txt, gt/meta.json.
@@ -312,7 +301,8 @@ def generate(out_dir, scene: HardScene = HardScene(), *, n_frames: int = 32, wid
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"{i:03d}.jpg" for i in range(n_frames)]
     for name, c2w in zip(names, c2ws):
-        _write_jpeg(folder / name, render_view(camera, c2w, scene, supersample=supersample), jpeg_quality)
+        write_jpeg(folder / name, render_view(camera, c2w, scene, supersample=supersample),
+                   quality=jpeg_quality)
     for stale in sorted({p.name for p in folder.glob("*.jpg")} - set(names)):
         (folder / stale).unlink()
     gt_scene = Scene(names=names, c2w=c2ws, cameras=[camera], camera_idx=np.zeros(n_frames, np.int32),
