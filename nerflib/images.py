@@ -169,6 +169,7 @@ def check_images(
     min_images: int = 3,
     single_camera: bool = False,
     cache: str | os.PathLike | None = None,
+    upright: bool = False,
 ) -> list[tuple[str, int, int]]:
     """Check that every photo in `folder` can be read; return [(name, width, height)].
 
@@ -182,6 +183,10 @@ def check_images(
     again. The workflow checks every scene's photos this way before any job
     starts (a bad photo then fails the run before Snakemake deletes the
     outputs of an earlier good run).
+
+    `upright`: the single-camera check compares the sizes the photos have once their EXIF
+    orientation is applied (what the workflow's intake step writes; a photo turned by 90
+    degrees swaps width and height), not the stored ones.
     """
     if min_images < 1:
         raise ValueError(f"min_images must be >= 1, got {min_images}")
@@ -214,6 +219,8 @@ def check_images(
             "add more overlapping photos of the scene"
         )
     if single_camera:
+        if upright:  # EXIF orientations 5-8 turn the picture by 90 degrees
+            sizes = [(n, h, w) if good[n][2] in (5, 6, 7, 8) else (n, w, h) for n, w, h in sizes]
         counts: dict[tuple[int, int], int] = {}
         for _, w, h in sizes:
             counts[(w, h)] = counts.get((w, h), 0) + 1

@@ -139,7 +139,9 @@ def check_photos(scene):
         # What the poses step needs too (3 photos; one size when SfM shares one camera), so that
         # it never fails on them after Snakemake deleted an earlier run's poses.
         sfm_camera = config["sfm"]["single_camera"] and not sheet.loc[scene, "poses"]
-        images.check_images(folder, min_images=3, single_camera=sfm_camera, cache=f"{PHOTO_CHECKS}/{scene}.json")
+        # Sizes as SfM will see them: upright (rotated photos go through rule intake first).
+        images.check_images(folder, min_images=3, single_camera=sfm_camera, cache=f"{PHOTO_CHECKS}/{scene}.json",
+                            upright=True)
         if sheet.loc[scene, "poses"]:
             check_poses_file(scene, "poses", folder, sheet.loc[scene, "poses_format"])
     except ValueError as e:

@@ -217,3 +217,18 @@ def test_the_photo_manifest_changes_when_a_photo_is_overwritten_in_place(tmp_pat
     os.utime(folder / "1.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))
     assert folder.stat().st_mtime_ns == folder_mtime  # what Snakemake sees of the folder: unchanged
     assert images.write_manifest(folder, manifest)
+
+
+def test_the_single_camera_check_sees_photos_upright(tmp_path):
+    """A photo stored landscape but tagged 'rotate 90' is portrait once the intake step turns it: the
+    workflow's pre-job check (upright=True) names it instead of SfM failing inside the job."""
+    from PIL import Image
+
+    for i in range(3):
+        exif = Image.Exif()
+        exif[0x0112] = 6 if i == 2 else 1
+        Image.fromarray(noise(12, 16, seed=i)).save(tmp_path / f"{i}.jpg", exif=exif)
+    with pytest.warns(UserWarning, match="EXIF rotation"):
+        assert len(images.check_images(tmp_path, single_camera=True)) == 3  # stored sizes: all 16x12
+    with pytest.raises(ValueError, match=r"most are 16x12, these differ: 2\.jpg \(12x16\)"):
+        images.check_images(tmp_path, single_camera=True, upright=True)
