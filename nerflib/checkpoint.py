@@ -1,6 +1,6 @@
 """Checkpoints (orbax) and the resolved config beside them.
 
-Layout under a model folder (DESIGN.md):
+Layout under a model folder (docs/architecture.md):
   model/config.json          the resolved `configs.Config` (atomic write, process 0)
   model/checkpoints/<step>/  orbax checkpoints of the whole TrainState (params,
                              optimizer state, step, LR multiplier), the last

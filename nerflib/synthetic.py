@@ -11,7 +11,7 @@ The scene (world frame: z up, ground plane z == 0, units are metres):
 Textures are high-frequency, contrast-stretched multi-octave value noise (from
 2-4 cycles up to a 4-texel period: 256 cycles across an object tile, 512 across
 the ground tile) in colour, times warped stripes/checkers: that is what lets
-SIFT register every view (see DESIGN.md, "Facts already measured"). They are
+SIFT register every view (measured: tests/test_sfm.py registers all of them). They are
 precomputed periodic images sampled through mip-maps (trilinear, the level
 chosen from each sample's footprint), and every pixel averages
 `supersample`**2 rays, so images are band-limited and a NeRF can fit them.

@@ -1,6 +1,6 @@
 """Shared data types: cameras, posed image sets and ray bundles.
 
-One convention inside nerflib (see DESIGN.md): camera axes are OpenCV's
+One convention inside nerflib (docs/architecture.md): camera axes are OpenCV's
 (x right, y down, z forward) and poses are camera-to-world `c2w` [3, 4]
 (rotation columns = camera axes in world coordinates, last column = centre).
 

@@ -1,6 +1,6 @@
 """Render a trained model along a camera path: frames, videos and the path itself.
 
-`render_path` writes under out_dir (DESIGN.md's results/{scene}/render/):
+`render_path` writes under out_dir (results/{scene}/render/ in the workflow; docs/architecture.md):
   frames/color/NNNN.png   uint8 RGB, the rendered colour clipped to [0, 1].
   frames/depth/NNNN.png   uint16 gray, the expected ray depth t (along the
                           optical axis) encoded losslessly enough for
