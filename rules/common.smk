@@ -2,6 +2,7 @@
 # Everything here runs before any job starts, so a bad sheet fails early.
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pandas as pd
@@ -155,10 +156,11 @@ _manifests = {}
 
 
 def manifest_of(folder, name):
-    """The manifest file of a photo folder, (re)written now if a photo changed (once per run).
+    """The manifest file of a photo folder, (re)written if a photo changed (once per run).
 
     Declared as an input beside the folder: a photo overwritten in place changes the manifest but
-    not the folder's modification time, which is all Snakemake compares for a folder.
+    not the folder's modification time, which is all Snakemake compares for a folder. Written
+    when this file is parsed (write_manifests), before Snakemake looks for any input.
     """
     if name not in _manifests:
         from nerflib import images
@@ -166,6 +168,16 @@ def manifest_of(folder, name):
         _manifests[name] = f"{PHOTO_MANIFESTS}/{name}.json"
         images.write_manifest(folder, _manifests[name])
     return _manifests[name]
+
+
+def write_manifests():
+    """Every row's photo and query manifests, now (only a stat of each photo)."""
+    for scene in sheet["scene"]:
+        try:
+            photo_manifest(SimpleNamespace(scene=scene))
+            query_manifest(scene)
+        except ValueError:
+            pass  # an empty or missing folder: check_photos names it when the scene's jobs are planned
 
 
 def photo_manifest(wildcards):
@@ -405,6 +417,7 @@ def check_localize_columns():
 
 check_localize_columns()
 check_settings()
+write_manifests()
 
 
 def query_folder(scene):
