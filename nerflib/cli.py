@@ -26,6 +26,7 @@ import os
 import sys
 
 from nerflib import configs
+from nerflib.sfm import MAPPERS, MATCHERS
 from nerflib.types import CAMERA_MODELS
 
 
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="folder of photos")
     p.add_argument("scene_dir", help="output folder: gets sparse/0/, poses/summary.json, poses/scene.json")
     p.add_argument("--camera-model", default="OPENCV", choices=list(CAMERA_MODELS))
-    p.add_argument("--matcher", default="auto", choices=["auto", "exhaustive", "sequential", "vocab_tree"])
+    p.add_argument("--matcher", default="auto", choices=MATCHERS)
     p.add_argument("--poses", default="", help="existing poses instead of SfM")
     p.add_argument("--poses-format", default="auto", choices=["auto", "colmap", "blender", "llff", "json", "csv"])
     p.add_argument("--per-image-cameras", action="store_true", help="one camera per photo instead of one shared camera")
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential-overlap", type=int, default=10)
     p.add_argument("--strict", action="store_true",
                    help="fail when the pose diagnostics warn (docs/pose_diagnostics.md), not only warn")
+    p.add_argument("--mapper", choices=MAPPERS, default="incremental",
+                   help="incremental (COLMAP) or global (GLOMAP, for large captures)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     p = sub.add_parser(
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                         poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,
                         max_image_size=args.max_image_size, min_registered_fraction=args.min_registered_fraction,
                         vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, strict=args.strict,
-                        threads=args.threads)
+                        mapper=args.mapper, threads=args.threads)
         elif args.step == "vocab-tree":
             from nerflib import sfm
 

@@ -42,6 +42,7 @@ from nerflib.images import check_images, is_heif
 from nerflib.types import CAMERA_MODELS
 
 MATCHERS = ("auto", "exhaustive", "sequential", "vocab_tree")
+MAPPERS = ("incremental", "global")
 # matcher="auto" matches all pairs up to this many images (n^2/2 pairs: 500
 # images = 125k pairs, about an hour of CPU matching on a few cores).
 AUTO_EXHAUSTIVE_MAX_IMAGES = 500
@@ -441,6 +442,7 @@ def run_sfm(
     seed: int = 0,
     keep_database: bool = True,
     strict: bool = False,
+    mapper: str = "incremental",
     summary_path: str | os.PathLike | None = None,
     log: Callable[[str], object] = print,
     on_stage: Callable[[str, str], object] | None = None,
@@ -476,6 +478,10 @@ def run_sfm(
                    weak images, a split view graph; nerflib.pose_checks), instead
                    of only logging the warning; the model and summary are
                    written first, for inspection.
+    mapper       : "incremental" (COLMAP's incremental mapper) or "global"
+                   (GLOMAP, pycolmap.global_mapping: all poses at once from the
+                   view graph, built for large captures). On the 40-view demo
+                   both register every view (tests/test_sfm.py).
     on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
                    "end") right around each timed stage ("extraction", "matching",
                    "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
@@ -498,6 +504,8 @@ def run_sfm(
     _check_sift_args(max_num_features, sift_first_octave)
     if not isinstance(vocab_tree_num_images, int) or vocab_tree_num_images < 1:
         raise ValueError(f"vocab_tree_num_images must be a positive integer, got {vocab_tree_num_images!r}")
+    if mapper not in MAPPERS:
+        raise ValueError(f"unknown mapper {mapper!r}; choose one of {', '.join(MAPPERS)}")
     use_gpu = _resolve_gpu(gpu)
     if vocab_tree and not Path(vocab_tree).is_file():
         raise ValueError(f"vocabulary tree file {vocab_tree} does not exist. {VOCAB_TREE_HELP}")
@@ -600,17 +608,23 @@ def run_sfm(
             f"{n_verified} geometrically verified, {timings['matching_s']:.1f} s"
         )
 
-        # 3. Incremental mapping; keep the model with the most registered images.
+        # 3. Mapping (incremental, or global: GLOMAP); keep the model with the most registered images.
         stage("mapping", "start")
         t0 = time.perf_counter()
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = threads
-        options.mapper.num_threads = threads
-        options.random_seed = seed
-        options.mapper.random_seed = seed
         models_dir = work / "models"
         models_dir.mkdir()
-        models = pycolmap.incremental_mapping(database, image_dir, models_dir, options)
+        if mapper == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = threads
+            options.random_seed = seed
+            models = pycolmap.global_mapping(database, image_dir, models_dir, options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = threads
+            options.mapper.num_threads = threads
+            options.random_seed = seed
+            options.mapper.random_seed = seed
+            models = pycolmap.incremental_mapping(database, image_dir, models_dir, options)
         timings["mapping_s"] = time.perf_counter() - t0
         stage("mapping", "end")
         counts = {int(k): int(rec.num_reg_images()) for k, rec in models.items()}
@@ -631,6 +645,7 @@ def run_sfm(
             "model_kept": None,
             "matcher": matcher_used,
             "matcher_reason": matcher_reason,
+            "mapper": mapper,
             "vocab_tree": str(vocab_tree) if uses_tree else None,
             "vocab_tree_num_images": min(vocab_tree_num_images, n) if matcher_used == "vocab_tree" else None,
             "camera_model": camera_model,

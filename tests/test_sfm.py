@@ -376,3 +376,22 @@ def test_sfm_on_real_cup_against_shipped_model(dataset, tmp_path):
     assert summary["registered"] >= 0.9 * summary["total"]
     assert rot_med < 3.5
     assert pos_med < 0.07
+
+
+@pytest.mark.slow
+def test_global_mapper_on_synthetic_scene(synthetic_scene, tmp_path):
+    """mapper='global' (GLOMAP, pycolmap.global_mapping) poses the demo orbit as the incremental mapper does."""
+    summary = sfm.run_sfm(synthetic_scene / "images", tmp_path / "scene", threads=THREADS, max_num_features=2048,
+                          mapper="global", log=lambda msg: None)
+    gt = scene_io.read_scene_json(synthetic_scene / "gt" / "scene.json")
+    radius = json.loads((synthetic_scene / "gt" / "meta.json").read_text())["radius"]
+    err, _, _ = _pose_errors(tmp_path / "scene" / "sparse" / "0", synthetic_scene / "images", gt)
+    rot_med = float(np.median(err["rotation_deg"]))
+    pos_med = float(np.median(err["position"])) / radius
+    print(f"global mapper: registered {summary['registered']}/{summary['total']}, median rotation error "
+          f"{rot_med:.3f} deg (max {err['rotation_deg'].max():.3f}), median position {100 * pos_med:.3f}% "
+          f"of the radius, mapping {summary['timings']['mapping_s']:.1f} s")
+    assert summary["mapper"] == "global" and summary["registered"] == summary["total"] == len(gt.names)
+    assert rot_med < 0.5 and pos_med < 0.01
+    with pytest.raises(ValueError, match="unknown mapper 'glomap'; choose one of incremental, global"):
+        sfm.run_sfm(synthetic_scene / "images", tmp_path / "x", mapper="glomap")
