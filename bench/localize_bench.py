@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=0, help="use the first N test views (0 = all)")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--restarts", type=int, default=3)
+    # bench/RESULTS.md's localization rows ran 512 rays and 4096 evaluation pixels (then Options'
+    # defaults; the workflow's, measured on the demo, are 256 / 1024).
+    p.add_argument("--pixels", type=int, default=512, help="rays per start and step (localize.Options.n_pixels)")
+    p.add_argument("--n-eval", type=int, default=4096, help="evaluation pixels per query (localize.Options.n_eval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", default=[],
                    help="NAME;option=value;... : localize.Options overrides compared on the same field and the "
@@ -118,7 +122,8 @@ def main(argv=None) -> int:
         queries = [(test_ds.names[i], test_ds.image_float(i), test_ds.cameras[i], c) for i, c in starts]
         gts = [np.asarray(test_ds.c2w[i], np.float64) for i, _ in starts]
         t0 = time.perf_counter()
-        kw = {"iters": args.iters, "restarts": args.restarts, "seed": args.seed, **options}
+        kw = {"iters": args.iters, "restarts": args.restarts, "n_pixels": args.pixels, "n_eval": args.n_eval,
+              "seed": args.seed, **options}
         out = localize.localize(model, params, cfg, queries, near=test_ds.near, far=test_ds.far, factor=1,
                                 progress=False, **kw)
         seconds = time.perf_counter() - t0

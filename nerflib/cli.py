@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from nerflib import configs
+from nerflib import configs, localize_step, pyramid, scene_io, settings
 from nerflib.sfm import MAPPERS, MATCHERS
 from nerflib.types import CAMERA_MODELS
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-model", default="OPENCV", choices=list(CAMERA_MODELS))
     p.add_argument("--matcher", default="auto", choices=MATCHERS)
     p.add_argument("--poses", default="", help="existing poses instead of SfM")
-    p.add_argument("--poses-format", default="auto", choices=["auto", "colmap", "blender", "llff", "json", "csv"])
+    p.add_argument("--poses-format", default="auto", choices=scene_io.SHEET_FORMATS)
     p.add_argument("--per-image-cameras", action="store_true", help="one camera per photo instead of one shared camera")
     p.add_argument("--max-image-size", type=int, default=3200)
     p.add_argument("--min-registered-fraction", type=float, default=0.5)
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pyramid", help="downsampled copies of the photos (area interpolation)")
     p.add_argument("images")
     p.add_argument("out_dir")
-    p.add_argument("--factor", type=int, required=True, choices=[2, 4, 8])
+    p.add_argument("--factor", type=int, required=True, choices=[f for f in pyramid.FACTORS if f > 1])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     p = sub.add_parser("train", help="train a radiance field (resumes from the latest checkpoint)")
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"auto (default): {configs.AUTO_GPU_PRESET} where JAX finds a GPU, {configs.AUTO_CPU_PRESET} "
                         f"on a CPU; GPU presets ({', '.join(configs.GPU_PRESETS)}) stop on a CPU unless --allow-cpu")
     p.add_argument("--allow-cpu", action="store_true", help="train a GPU preset even where JAX runs on the CPU")
-    p.add_argument("--factor", type=int, default=1)
+    p.add_argument("--factor", type=int, default=None, choices=pyramid.FACTORS,
+                   help="the image folder's downscale factor (default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
 
@@ -195,13 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", default="", help="its database.db (default: beside sparse/, else re-extract)")
     p.add_argument("--gt-poses", default="", help="ground-truth poses of the photos -> errors.tsv")
     p.add_argument("--gt-reference", default="", help="training poses in the ground truth's frame (to align it)")
-    p.add_argument("--start", default="auto", choices=["auto", "perturbed"],
-                   help="perturbed: evaluation mode, start from the ground truth moved by the perturbation below")
-    p.add_argument("--perturb-deg", type=float, default=10.0)
-    p.add_argument("--perturb-radius-fraction", type=float, default=0.1)
-    p.add_argument("--iters", type=int, default=250)
-    p.add_argument("--restarts", type=int, default=3)
-    p.add_argument("--pixels", type=int, default=256, help="rays per start and step")
+    settings.add_arguments(p, localize_step.workflow_settings())
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="another nerflib.localize.Options field, e.g. --set refine_focal=true (repeatable)")
     return parser
@@ -274,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.localize(args.scene, args.images, model_dir=args.model_dir, queries=args.queries,
                            out_dir=args.out_dir, query_poses=args.query_poses, gt_poses=args.gt_poses,
                            gt_reference=args.gt_reference, sparse_dir=args.sparse, database=database,
-                           start=args.start, perturb_rot_deg=args.perturb_deg,
-                           perturb_radius_fraction=args.perturb_radius_fraction, iters=args.iters,
-                           restarts=args.restarts, n_pixels=args.pixels, options=_overrides(args.overrides))
+                           options=_overrides(args.overrides),
+                           **settings.values(args, localize_step.workflow_settings()))
     return 0
 
 

@@ -85,6 +85,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nerflib import cameras as cam_lib
 from nerflib import parallel, rigid
+from nerflib.settings import setting
 from nerflib.types import CAMERA_MODELS, Camera
 
 LOSSES = ("mse", "charbonnier", "huber", "cauchy")
@@ -253,9 +254,17 @@ def psnr_from_mse(mse):
 class Options:
     """Hyperparameters of `localize` (keyword arguments of the same names)."""
 
-    iters: int = 300
-    n_pixels: int = 512  # rays per problem and step.
-    restarts: int = 3  # problems per query: the start itself, then perturbed copies.
+    # The settings of the workflow (config.yaml `localize:`) and of `nerf localize` (nerflib.settings);
+    # the defaults measured on the demo in CI (commit 1e474f8: 4/4 queries at 0.08 deg). The GPU
+    # benchmarks of bench/RESULTS.md ran 300 iterations, 512 rays, 4096 evaluation pixels
+    # (bench/localize_bench.py passes those).
+    iters: int = setting(250, "Optimization steps per query (split over the coarse-to-fine levels).", minimum=1)
+    restarts: int = setting(3, "Starts per query (the guess, then perturbed copies); the best photometric fit wins.",
+                            minimum=1)
+    n_pixels: int = setting(256, "Rays per start and step.", minimum=1, flag="--pixels")
+    n_eval: int = setting(1024, "Pixels per query of the final photometric score (winner selection, convergence "
+                                "flag), a regular grid of the base-level image.", minimum=1)
+    # The rest: config.yaml localize.options, nerf localize --set.
     restart_rot_deg: float = 10.0  # perturbation of restarts 1.. (rotation about the camera centre) ...
     restart_trans: float = 0.1  # ... and translation (normalized units; cameras lie in the unit ball).
     coarse_to_fine: tuple[int, ...] = (4, 2, 1)  # extra downsampling per level; iterations split evenly.
@@ -271,7 +280,6 @@ class Options:
     lr_final_mult: float = 0.05  # exponential decay to lr * this at the last iteration.
     refine_focal: bool = False
     pivot: str = "world"  # see apply_twist; "world" (iNeRF) converged better on object-centric scenes.
-    n_eval: int = 4096  # evaluation pixels per query (a regular grid of the base-level image).
     eval_chunk: int = 2048  # evaluation rays per problem per call ...
     eval_rays: int = 65536  # ... and at most this many over all problems (memory bound: 50 queries x 8 restarts).
     min_psnr: float = 20.0  # converged thresholds when `localize` is given none.
@@ -301,6 +309,9 @@ class Options:
         need(0 < self.lr_final_mult <= 1, "lr_final_mult must be in (0, 1]", self.lr_final_mult)
         need(min(self.n_eval, self.eval_chunk, self.eval_rays) >= 1, "n_eval, eval_chunk and eval_rays must be >= 1",
              (self.n_eval, self.eval_chunk, self.eval_rays))
+
+
+WORKFLOW_OPTIONS = ("iters", "restarts", "n_pixels", "n_eval")  # the Options fields of config.yaml `localize:`
 
 
 def _levels_model(cameras, factors) -> str:

@@ -47,9 +47,45 @@ from nerflib import cameras as cam_lib
 from nerflib import fileio, parallel, pose_checks, rigid
 from nerflib.localize import (Options, downsample, localize, perturb_pose, score_poses, to_normalized, to_original,
                               _uses_glo)
+from nerflib.settings import declared, setting
 from nerflib.types import CAMERA_MODELS, Camera, Scene
 
 STARTS = ("auto", "perturbed")
+
+
+@dataclasses.dataclass(frozen=True)
+class StartSettings:
+    """How the queries start (config.yaml `localize:`, `nerf localize`; nerflib.settings)."""
+
+    start: str = setting("auto", """Initial guesses. auto = the row's query_poses file, else COLMAP absolute pose
+        registration against results/{scene}/sparse/0, else the nearest training view. perturbed = evaluation mode
+        for rows with ground truth (query_gt, or the synthetic demo): the true pose turned by perturb_rot_deg and
+        moved by perturb_radius_fraction of the scene radius; other rows use auto.""", choices=STARTS)
+    perturb_rot_deg: float = setting(10.0, "Rotation of the perturbed starts (degrees, about the camera centre).",
+                                     minimum=0, flag="--perturb-deg")
+    perturb_radius_fraction: float = setting(
+        0.1, "Camera-centre shift of the perturbed starts as a fraction of the scene radius.", minimum=0)
+
+
+def workflow_settings() -> list:
+    """The localization settings of config.yaml `localize:` and `nerf localize`, in that order
+    (nerflib.settings.Setting); any other Options field goes through `options` / --set."""
+    from nerflib.localize import WORKFLOW_OPTIONS
+
+    return declared(StartSettings) + declared(Options, WORKFLOW_OPTIONS)
+
+
+def step_settings(settings: dict, options: dict | None = None) -> dict:
+    """Keyword arguments of `localize_step` from the workflow settings (`workflow_settings` names; the
+    rest default to their declarations) and `options` (other Options fields; a workflow setting wins).
+    An unknown name raises ValueError naming it."""
+    types = {s.name: s.type for s in workflow_settings()}
+    unknown = sorted(set(settings) - set(types))
+    if unknown:
+        raise ValueError(f"localize: unknown setting(s) {', '.join(unknown)}; the settings are "
+                         f"{', '.join(types)}, and `options` takes any field of nerflib.localize.Options")
+    out = {**dict(options or {}), **settings}
+    return {k: float(v) if types.get(k) is float else v for k, v in out.items()}  # YAML may give 10 for 10.0
 
 
 # --------------------------------------------------------------------------- initial guesses
@@ -459,8 +495,9 @@ def calibrate(model, params, cfg, norm_scene: Scene, image_dir, *, near, far, me
 
 
 def localize_step(model_dir, scene_json, query_dir, out_dir, *, images=None, query_poses=None, gt_poses=None,
-                  gt_reference=None, sparse_dir=None, database=None, start: str = "auto",
-                  perturb_rot_deg: float = 10.0, perturb_radius_fraction: float = 0.1, perturb_seed: int = 0,
+                  gt_reference=None, sparse_dir=None, database=None, start: str = StartSettings.start,
+                  perturb_rot_deg: float = StartSettings.perturb_rot_deg,
+                  perturb_radius_fraction: float = StartSettings.perturb_radius_fraction, perturb_seed: int = 0,
                   write_errors: bool = True, ncc_fraction: float = 0.5, psnr_margin_db: float = 5.0,
                   progress: bool = True, write_views: bool = True, log: Callable[[str], None] | None = None,
                   **options) -> dict:

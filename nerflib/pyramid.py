@@ -33,6 +33,8 @@ from tqdm import tqdm
 from nerflib import fileio
 from nerflib.images import is_heif, list_images, read_raw, verify_image
 
+FACTORS = (1, 2, 4, 8)  # downscale factors of the sheet's `factor` column: images_{factor}/ (1: the photos themselves)
+
 JPEG_QUALITY = 95
 
 

@@ -70,6 +70,7 @@ from nerflib.types import CAMERA_MODELS, Camera, Scene
 
 SCENE_JSON_VERSION = 1
 FORMATS = ("colmap", "blender", "llff", "json", "csv", "scene", "auto")
+SHEET_FORMATS = ("auto", "colmap", "blender", "llff", "json", "csv")  # the sheet's poses_format, nerf poses --poses-format
 # Rotations read from files must be orthonormal to this tolerance (float32
 # files such as NeRF's transforms.json are good to ~1e-7).
 ROTATION_TOL = 1e-4

@@ -125,14 +125,15 @@ def _load_split(cfg, scene_json, images, *, split: str):
     return datasets.load_for_config(configs.for_scene(cfg, scene), scene, image_dir=images, split=split)
 
 
-def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=None, allow_cpu=False) -> dict:
+def train(scene_json, images, *, model_dir, preset="tiny", factor=None, overrides=None, allow_cpu=False) -> dict:
     """Train (or resume) the radiance field of a scene; writes model_dir/final.json last.
 
     Resumes only checkpoints of the same inputs and settings (nerflib.fingerprint); others are
     moved to model_dir/checkpoints.old/ and training starts over. Holds model_dir/.lock while
     it runs, so that two trainings never write one model folder. preset `auto`: picked by the
     backend found here (configs.resolve_preset); a GPU preset on a CPU-only JAX stops with the
-    fix unless `allow_cpu` (backend.check_preset).
+    fix unless `allow_cpu` (backend.check_preset). factor None: the preset's; `images` must be
+    the folder at that factor.
     """
     import jax
 
@@ -147,7 +148,8 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=1, overrides=N
         tell(f"[train] {why}")
     backend.check_preset(preset, allow_cpu=allow_cpu, info=info)
     # The capture's kind adapts the preset first; the user's overrides win over both.
-    base = configs.for_scene(configs.get_preset(preset, factor=int(factor)), scene_io.read_scene_json(scene_json))
+    preset_cfg = configs.get_preset(preset) if factor is None else configs.get_preset(preset, factor=int(factor))
+    base = configs.for_scene(preset_cfg, scene_io.read_scene_json(scene_json))
     cfg = configs.override(base, **dict(overrides or {}))
     dataset = _load_split(cfg, scene_json, images, split="train")
     with fileio.folder_lock(model_dir, what="training", main=jax.process_index() == 0):
@@ -183,14 +185,14 @@ def render(scene_json, images, *, model_dir, out_dir, path="auto", keyframes=(),
 
 
 def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="", gt_poses="", gt_reference="",
-             sparse_dir="", database="", start="auto", perturb_rot_deg=10.0, perturb_radius_fraction=0.1,
-             write_errors=True, options=None, **settings) -> dict:
+             sparse_dir="", database="", write_errors=True, options=None, **settings) -> dict:
     """Poses of the photos in `queries` against the trained field: out_dir/poses.json, views/ (and errors.tsv).
 
-    settings: fields of nerflib.localize.Options (iters, restarts, n_pixels, ...),
-    `options` more of them. With gt_poses (and write_errors) also errors.tsv;
-    start='perturbed' is the evaluation mode that starts from the ground truth
-    moved by perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
+    settings: localize_step.workflow_settings() (start, perturb_rot_deg, perturb_radius_fraction,
+    iters, restarts, n_pixels, n_eval; each defaults to its declaration), `options` any other
+    nerflib.localize.Options field. With gt_poses (and write_errors) also errors.tsv;
+    start='perturbed' is the evaluation mode that starts from the ground truth moved by
+    perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
     """
     from nerflib import images as images_mod
     from nerflib import localize_step
@@ -200,9 +202,8 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
     return localize_step.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
         gt_poses=gt_poses or None, gt_reference=gt_reference or None, sparse_dir=sparse_dir or None,
-        database=database or None, start=start, perturb_rot_deg=float(perturb_rot_deg),
-        perturb_radius_fraction=float(perturb_radius_fraction), write_errors=write_errors,
-        progress=False, **{**dict(options or {}), **settings})
+        database=database or None, write_errors=write_errors, progress=False,
+        **localize_step.step_settings(settings, options))
 
 
 def localize_errors(poses_json, scene_json, *, model_dir, out, gt_poses, gt_reference="") -> dict:

@@ -9,6 +9,8 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from nerflib.pyramid import FACTORS as PYRAMID_FACTORS
+
 validate(config, schema="../config/schemas/config.schema.yaml")
 
 def _all_cores():
@@ -101,7 +103,7 @@ sheet = load_sheet(SHEET_PATH)
 
 wildcard_constraints:
     scene="|".join(sheet["scene"]),
-    factor="[248]",
+    factor="|".join(str(f) for f in PYRAMID_FACTORS if f > 1),
 
 
 def row(wildcards):

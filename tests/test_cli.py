@@ -32,6 +32,42 @@ def test_help_lists_every_step():
         assert e.value.code == 0
 
 
+def test_train_without_factor_keeps_the_presets(tmp_path, monkeypatch):
+    """`nerf train` without --factor trains at the preset's factor (it used to pass 1)."""
+    from nerflib import configs
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def get_preset(name, **overrides):
+        asked.append(overrides)
+        raise Stop
+
+    monkeypatch.setattr(configs, "get_preset", get_preset)
+    for extra, expected in (([], {}), (["--factor", "2"], {"factor": 2})):
+        with pytest.raises(Stop):
+            cli.main(["train", "scene.json", "images", str(tmp_path / "model"), "--preset", "tiny", *extra])
+        assert asked.pop() == expected
+
+
+def test_localize_settings_reach_the_step(monkeypatch):
+    """`nerf localize` passes every declared setting (defaults from the declaration) and --set options."""
+    from nerflib import localize_step, steps
+
+    seen = {}
+    monkeypatch.setattr(steps, "localize", lambda *a, **kw: seen.update(kw))
+    cli.main(["localize", "s.json", "img", "model", "q", "out", "--pixels", "64", "--set", "loss=mse"])
+    settings = {s.name: s.default for s in localize_step.workflow_settings()}
+    assert {k: seen[k] for k in settings} == {**settings, "n_pixels": 64}
+    assert seen["options"] == {"loss": "mse"}
+    step_kw = localize_step.step_settings({k: seen[k] for k in settings}, seen["options"])
+    assert step_kw["n_pixels"] == 64 and step_kw["loss"] == "mse" and step_kw["perturb_rot_deg"] == 10.0
+    with pytest.raises(ValueError, match="unknown setting"):
+        localize_step.step_settings({"iter": 3})
+
+
 def test_vocab_tree_by_hand(tmp_path, capsys):
     """`nerf vocab-tree PHOTOS TREE`: SIFT from the photos -> a tree file that the vocab_tree matcher loads."""
     import cv2
