@@ -9,8 +9,10 @@ excluded from the clock).
     python bench/train_bench.py --data .bench_data/lego400 \
         --run fast:16384:1 --run mipnerf360:16384:1 --seconds 60 --eval-at 60 --eval-views 5
 
-A run is preset:batch[:devices[:seconds]]; devices = how many of the local devices form
-the mesh (1..N), so 1- and 2-GPU figures come from one process on one machine.
+A run is preset:batch[:devices[:seconds[:overrides]]]; devices = how many of the local devices form
+the mesh (1..N), so 1- and 2-GPU figures come from one process on one machine; overrides are
+this run's own NAME=VALUE settings separated by ';' (after --set's), e.g.
+    --run "quality:16384:1:300:model.multisamples=1;max_steps=30000"
 Needs only jax/flax/optax/numpy/opencv (no snakemake, pycolmap or mediapy).
 """
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerflib import configs, datasets, evaluate, metrics, parallel, scene_formats  # noqa: E402
 from nerflib import train as train_lib  # noqa: E402
+from nerflib.layout import SceneLayout  # noqa: E402
 
 
 def load_blender(root: Path, split: str, *, max_views: int | None = None) -> datasets.Dataset:
@@ -49,20 +52,20 @@ def load_colmap(root: Path, split: str, *, factor: int = 1, test_every: int = 8)
     normalized as configs.for_scene says for the `fast` preset (360 or forward), every 8th view held out."""
     from nerflib import scene_io
 
-    image_dir = root / ("images" if factor == 1 else f"images_{factor}")
+    project = SceneLayout(root)  # a COLMAP project has the results layout's shape
     if (root / "scene.json").is_file():  # the model as nerflib's scene.json: no pycolmap needed (GPU machine)
         scene = scene_io.read_scene_json(root / "scene.json")
     else:
-        scene = scene_io.read_colmap(root / "sparse" / "0", image_dir=root / "images")
+        scene = scene_io.read_colmap(project.sparse, image_dir=project.images(1))
     cfg = configs.for_scene(configs.get_preset("fast", factor=factor, test_every=test_every), scene)
-    return datasets.load_for_config(cfg, scene, image_dir=image_dir, split=split)
+    return datasets.load_for_config(cfg, scene, image_dir=project.images(factor), split=split)
 
 
 def load_scene(root: Path, split: str, *, factor: int = 1) -> datasets.Dataset:
     """Blender (transforms_{split}.json) or COLMAP (sparse/0 or its scene.json) scene folder."""
     if (root / f"transforms_{split}.json").is_file():
         return load_blender(root, split)
-    if (root / "sparse" / "0").is_dir() or (root / "scene.json").is_file():
+    if Path(SceneLayout(root).sparse).is_dir() or (root / "scene.json").is_file():
         return load_colmap(root, split, factor=factor)
     raise SystemExit(f"{root}: neither a Blender scene (transforms_train.json) nor a COLMAP project "
                      "(sparse/0, or its scene.json)")
@@ -136,7 +139,7 @@ def render_speed(cfg, model, params, test: datasets.Dataset, mesh, n_views: int)
     return {"render_first_view_s": round(first, 1), "render_rays_per_s": round(n_rays / dt) if n_rays else 0}
 
 
-def setup(preset: str, batch: int, n_dev: int, args, train_ds) -> types.SimpleNamespace:
+def setup(preset: str, batch: int, n_dev: int, args, train_ds, run_set=()) -> types.SimpleNamespace:
     """Config (the preset adapted to the scene as the workflow does, then --set), model, state, step fn."""
     devices = jax.devices()[:n_dev]
     mesh = parallel.make_mesh(devices)
@@ -146,6 +149,7 @@ def setup(preset: str, batch: int, n_dev: int, args, train_ds) -> types.SimpleNa
     if args.blender_settings:  # multinerf's configs/blender_*.gin (configs.for_scene does it for RGBA scenes)
         overrides.update({"model.opaque_background": False, "model.data_loss_type": "mse"})
     overrides.update(parse_overrides(args.set))
+    overrides.update(parse_overrides(run_set))
     cfg = configs.override(configs.for_scene(configs.get_preset(preset), train_ds.scene), **overrides)
     model = train_lib.make_model(cfg, train_ds.num_train_images)
     batcher = datasets.RayBatcher(train_ds, batch_size=cfg.batch_size, mesh=mesh,
@@ -158,8 +162,8 @@ def setup(preset: str, batch: int, n_dev: int, args, train_ds) -> types.SimpleNa
                                  key=parallel.replicate(np.asarray(jax.device_get(key)), mesh))
 
 
-def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float) -> dict:
-    run = setup(preset, batch, n_dev, args, train_ds)
+def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float, run_set=()) -> dict:
+    run = setup(preset, batch, n_dev, args, train_ds, run_set)
     cfg, model, mesh, state, step, data, key = run.cfg, run.model, run.mesh, run.state, run.step, run.data, run.key
     marks = sorted(float(s) for s in args.eval_at)
     evals = []
@@ -197,7 +201,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     steps_s = float(np.median(rates)) if rates else float("nan")
     render = render_speed(cfg, model, state.params, test_ds, mesh, args.render_views) if args.render_views else {}
     return {**render,
-        "preset": preset, "batch": batch, "devices": n_dev, "steps": n, "train_s": round(clock, 1),
+        "preset": preset + "".join(f" {o}" for o in run_set), "batch": batch, "devices": n_dev, "steps": n, "train_s": round(clock, 1),
         "first_step_s": round(first_step_s, 1), "steps_per_s": round(steps_s, 2),
         "rays_per_s": round(steps_s * batch) if np.isfinite(steps_s) else 0, "peak_mem_gb": peak_memory_gb(),
         "loss": float(stats["loss"]), "train_psnr": float(stats["psnr"]), "evals": evals,
@@ -217,7 +221,8 @@ def main(argv=None) -> int:
                    help="Blender scene folder (transforms_{train,test}.json) or COLMAP project "
                         "(sparse/0 or scene.json, + images/)")
     p.add_argument("--factor", type=int, default=1, help="COLMAP project: train on images_{factor}/")
-    p.add_argument("--run", action="append", required=True, help="preset:batch[:devices[:seconds]]")
+    p.add_argument("--run", action="append", required=True,
+                   help="preset:batch[:devices[:seconds[:NAME=VALUE;...]]]")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-steps", type=int, default=0, help="schedule length (0 = the preset's)")
     p.add_argument("--warmup", type=int, default=50)
@@ -250,11 +255,12 @@ def main(argv=None) -> int:
     print(f"devices: {jax.devices()} in {jax.process_count()} process(es)  jax {jax.__version__}", flush=True)
     results = []
     for spec in args.run:
-        preset, batch, *rest = spec.split(":")
+        preset, batch, *rest = spec.split(":", 4)
         dev = rest[:1]
-        seconds = float(rest[1]) if len(rest) > 1 else args.seconds
+        seconds = float(rest[1]) if len(rest) > 1 and rest[1] else args.seconds
+        run_set = [o for o in rest[2].split(";") if o.strip()] if len(rest) > 2 else []
         try:
-            res = run_one(preset, int(batch), int(dev[0]) if dev else 1, args, train_ds, test_ds, seconds)
+            res = run_one(preset, int(batch), int(dev[0]) if dev else 1, args, train_ds, test_ds, seconds, run_set)
         except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
             import traceback
 

@@ -26,21 +26,31 @@ import os
 import sys
 
 from nerflib import configs, localize_step, pyramid, scene_io, settings
+from nerflib.layout import SceneLayout
 from nerflib.sfm import MAPPERS, MATCHERS
 from nerflib.types import CAMERA_MODELS
 
 
 def _results_images(model_dir: str, images: str | None) -> str | None:
-    """`images`, else the results layout's pyramid level beside MODEL_DIR (results/{scene}/images_{factor})
-    when it exists, else None (the scene's own image folder)."""
+    """`images`, else the pyramid level of the results layout (nerflib.layout) when MODEL_DIR is a
+    scene's model folder and that level exists, else None (the scene's own image folder)."""
     if images:
         return images
-    from pathlib import Path
-
     from nerflib import checkpoint
 
-    guess = Path(model_dir).resolve().parent / f"images_{checkpoint.load_config(model_dir).factor}"
-    return str(guess) if guess.is_dir() else None
+    scene = SceneLayout.containing(model_dir, "model")
+    if scene is None:
+        return None
+    level = scene.images(checkpoint.load_config(model_dir).factor)
+    return level if os.path.isdir(level) else None
+
+
+def _beside(path: str, what: str, wanted: str) -> str:
+    """The results layout's `wanted` (e.g. 'database') of the scene whose `what` is `path`, when it
+    exists; '' otherwise (`path` is not in the layout, or the file is absent)."""
+    scene = SceneLayout.containing(path, what) if path else None
+    found = getattr(scene, wanted) if scene is not None else ""
+    return found if found and os.path.exists(found) else ""
 
 
 def _overrides(items: list[str]) -> dict:
@@ -174,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("view", help="web viewer of a trained (or training) model (viser): http://HOST:PORT")
     p.add_argument("model_dir")
-    p.add_argument("--scene", default="", help="poses/scene.json (default: MODEL_DIR/../poses/scene.json)")
+    p.add_argument("--scene", default="", help="poses/scene.json (default: the results layout's, beside MODEL_DIR)")
     p.add_argument("--images", default=None,
                    help="image folder at the training factor (default: images_{factor} beside the model, else the scene's)")
-    p.add_argument("--sparse", default="", help="COLMAP model whose points are shown (default: MODEL_DIR/../sparse/0)")
+    p.add_argument("--sparse", default="", help="COLMAP model whose points are shown (default: the results layout's "
+                                                "sparse/0 beside MODEL_DIR)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: every interface; default: this machine)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-size", type=int, default=512, help="longer side of the still frame (pixels)")
@@ -193,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="gets poses.json, views/ (and errors.tsv with --gt-poses)")
     p.add_argument("--query-poses", default="", help="initial poses of the photos (any poses format)")
     p.add_argument("--sparse", default="", help="COLMAP model of the scene (sparse/0) for registration starts")
-    p.add_argument("--database", default="", help="its database.db (default: beside sparse/, else re-extract)")
+    p.add_argument("--database", default="", help="its database.db (default: the results layout's, beside sparse/, "
+                                                  "else the features are extracted again)")
     p.add_argument("--gt-poses", default="", help="ground-truth poses of the photos -> errors.tsv")
     p.add_argument("--gt-reference", default="", help="training poses in the ground truth's frame (to align it)")
     settings.add_arguments(p, localize_step.workflow_settings())
@@ -240,15 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             steps.render(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir, path=args.path,
                          keyframes=keyframes, n_frames=args.frames, fps=args.fps, factor=args.factor)
         elif args.step == "view":
-            from pathlib import Path
-
             from nerflib import viewer
 
-            run = Path(args.model_dir).resolve().parent  # the results layout: results/{scene}/{model,poses,sparse}
-            sparse = args.sparse or (str(run / "sparse" / "0") if (run / "sparse" / "0").is_dir() else "")
+            sparse = args.sparse or _beside(args.model_dir, "model", "sparse")
+            scene_json = args.scene or _beside(args.model_dir, "model", "scene_json")
+            if not scene_json:
+                raise SystemExit(f"nerf view: {args.model_dir} is not a results/{{scene}}/model folder; pass --scene")
             options = viewer.ViewerOptions(host=args.host, port=args.port, max_size=args.max_size,
                                            preview_size=args.preview_size, path_out=args.path_out, wait_s=args.wait)
-            viewer.Viewer(args.model_dir, args.scene or str(run / "poses" / "scene.json"),
+            viewer.Viewer(args.model_dir, scene_json,
                           images=_results_images(args.model_dir, args.images), sparse_dir=sparse,
                           options=options).serve_forever()
         elif args.step == "export":
@@ -262,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
             intake.prepare(args.source, args.out_dir, video_fps=args.fps, max_frames=args.max_frames)
         elif args.step == "localize":
-            database = args.database
-            if not database and args.sparse:
-                guess = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.sparse))), "database.db")
-                database = guess if os.path.isfile(guess) else ""
+            database = args.database or _beside(args.sparse, "sparse", "database")
             steps.localize(args.scene, args.images, model_dir=args.model_dir, queries=args.queries,
                            out_dir=args.out_dir, query_poses=args.query_poses, gt_poses=args.gt_poses,
                            gt_reference=args.gt_reference, sparse_dir=args.sparse, database=database,

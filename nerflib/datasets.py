@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nerflib import cameras as cam_lib
 from nerflib import parallel
+from nerflib.layout import SceneLayout
 from nerflib.types import Camera, Rays, Scene
 
 SPLITS = ("train", "test", "all")
@@ -148,9 +149,18 @@ def _read_image(path: Path, camera: Camera, background: str) -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def image_dir_for(root: str | os.PathLike, factor: int) -> Path:
-    """root/images for factor 1, root/images_{factor} otherwise (the pyramid's layout)."""
-    return Path(root) / ("images" if factor == 1 else f"images_{factor}")
+def _image_dir_of(scene: Scene, factor: int) -> str:
+    """The scene's photos at `factor`: its image_dir for 1, else images_{factor}/ of the COLMAP project
+    (or results folder) whose images/ they are (nerflib.layout)."""
+    if scene.image_dir is None:
+        raise ValueError("no image_dir given and the scene names none")
+    if factor == 1:
+        return scene.image_dir
+    project = SceneLayout.containing(scene.image_dir, "photos_link")
+    if project is None:
+        raise ValueError(f"no image_dir given for factor {factor}, and the scene's photos ({scene.image_dir}) are not "
+                         f"the images/ folder of a COLMAP project with images_{factor}/ beside it; pass image_dir=")
+    return project.images(factor)
 
 
 def split_indices(n: int, split: str, test_every: int) -> np.ndarray:
@@ -199,10 +209,7 @@ def load_dataset(
     if normalize is not None:
         scene, normalization = _normalize(scene, normalize)
     if image_dir is None:
-        if scene.image_dir is None:
-            raise ValueError("no image_dir given and the scene names none")
-        base = Path(scene.image_dir)
-        image_dir = base if factor == 1 else base.parent / f"images_{factor}"
+        image_dir = _image_dir_of(scene, factor)
     image_dir = Path(image_dir)
     near = scene.near if near is None else near
     far = scene.far if far is None else far

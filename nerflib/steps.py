@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from nerflib import fileio
+from nerflib.layout import SceneLayout
 
 
 def _remove_stale_temps(folder, *, subfolders: tuple[str, ...] = (), main: bool = True) -> None:
@@ -49,9 +50,9 @@ def synthetic_scene(out_dir, *, views=60, heldout=8, queries=4, width=320, heigh
     return summary
 
 
-def _link_images(images: Path, scene_dir: Path) -> None:
+def _link_images(images: Path, scene: SceneLayout) -> None:
     """COLMAP users expect images/ beside sparse/: a symlink to the photos (never a copy)."""
-    link = scene_dir / "images"
+    link = Path(scene.photos_link)
     target = images.resolve()
     if link.is_symlink() or not link.exists():
         if link.is_symlink():
@@ -66,21 +67,21 @@ def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="",
           sequential_overlap=10, strict=False, mapper="incremental", threads=1) -> dict:
     """Camera poses of the photos in `images`, by SfM or from an existing poses file.
 
-    Writes scene_dir/sparse/0/ (COLMAP binary), scene_dir/poses/summary.json and
-    scene_dir/poses/scene.json (cameras in the COLMAP/world frame; OpenCV axes).
+    Writes into scene_dir (nerflib.layout.SceneLayout): sparse/0/ (COLMAP binary), poses/summary.json
+    and poses/scene.json (cameras in the COLMAP/world frame; OpenCV axes).
     """
     from nerflib import images as images_mod
     from nerflib import scene_io
 
-    images, scene_dir = Path(images), Path(scene_dir)
-    summary_path = scene_dir / "poses" / "summary.json"
-    for folder in (scene_dir, scene_dir / "poses", scene_dir / "sparse" / "0"):
+    images, layout = Path(images), SceneLayout(scene_dir)
+    summary_path = Path(layout.summary_json)
+    for folder in (layout.root, layout.poses_dir, layout.sparse):
         _remove_stale_temps(folder)
     start = time.perf_counter()
     if poses:
         scene = scene_io.load_poses_for_photos(poses, poses_format, images)
         images_mod.check_images(images, min_images=3)
-        scene_io.write_colmap(scene, scene_dir / "sparse" / "0")
+        scene_io.write_colmap(scene, layout.sparse)
         summary = {
             "method": "import",
             "poses": str(poses),
@@ -99,10 +100,10 @@ def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="",
             max_image_size=max_image_size, min_registered_fraction=min_registered_fraction, strict=strict,
             mapper=mapper, summary_path=summary_path,
         )
-        scene = scene_io.read_colmap(scene_dir / "sparse" / "0", image_dir=images)
+        scene = scene_io.read_colmap(layout.sparse, image_dir=images)
     scene.image_dir = str(images.resolve())
-    scene_io.write_scene_json(scene, scene_dir / "poses" / "scene.json")
-    _link_images(images, scene_dir)
+    scene_io.write_scene_json(scene, layout.scene_json)
+    _link_images(images, layout)
     print(f"poses: {len(scene)} cameras written to {scene_dir}")
     return summary
 
@@ -214,8 +215,11 @@ def localize_errors(poses_json, scene_json, *, model_dir, out, gt_poses, gt_refe
                                          gt_reference=gt_reference or None)
 
 
-def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
-    """The report's per-scene figures: out_dir/cameras.png, training.png and settings.tsv."""
+def report_figures(scene_json, *, model_dir, out_dir, summary_json="", sparse_dir="") -> dict:
+    """The report's per-scene figures: out_dir/cameras.png, training.png and settings.tsv.
+
+    sparse_dir: a COLMAP model whose points cameras.png draws ('' = none).
+    """
     import json
 
     from nerflib import figures, fingerprint, scene_io
@@ -223,9 +227,9 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="") -> dict:
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     _remove_stale_temps(out_dir)
     summary = json.loads(Path(summary_json).read_text()) if summary_json else None
-    sparse = Path(scene_json).parent.parent / "sparse" / "0"
+    sparse = Path(sparse_dir) if sparse_dir else None
     scene = scene_io.read_scene_json(scene_json)
-    if sparse.is_dir():  # the sparse points, when SfM (or an imported model) left some
+    if sparse is not None and sparse.is_dir():  # the sparse points, when SfM (or an imported model) left some
         try:
             scene.points = scene_io.read_colmap(sparse, check_images=False).points
         except Exception as e:  # noqa: BLE001 - the figure is still useful without points

@@ -6,10 +6,11 @@ rule poses:
     input:
         unpack(poses_input),
     output:
-        sparse=directory("results/{scene}/sparse/0"),
-        summary="results/{scene}/poses/summary.json",
-        scene="results/{scene}/poses/scene.json",
+        sparse=directory(SCENE.sparse),
+        summary=SCENE.summary_json,
+        scene=SCENE.scene_json,
     params:
+        scene_dir=SCENE.root,
         settings=poses_params,
     log:
         "logs/poses/{scene}.log",

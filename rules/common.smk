@@ -9,6 +9,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from nerflib.layout import RESULTS, SceneLayout
 from nerflib.pyramid import FACTORS as PYRAMID_FACTORS
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -23,6 +24,13 @@ def _all_cores():
 
 
 ALL_CORES = _all_cores()
+SCENE = SceneLayout(f"{RESULTS}/{{scene}}")  # the rules' paths: SCENE.sparse == "results/{scene}/sparse/0"
+
+
+def scene_layout(scene):
+    """Where the jobs of `scene` read and write (nerflib.layout)."""
+    return SceneLayout.of(scene)
+
 DATASETS_SCHEMA = "../config/schemas/datasets.schema.yaml"
 SHEET_PATH = config["datasets"]
 INT_COLUMNS = ("factor",)
@@ -315,7 +323,7 @@ def intake_needed(scene):
     source = resolve(sheet.loc[scene, "source"])
     if not intake.is_video(source):
         check_photos(scene)  # every photo (HEIC too) decodes, before any job starts
-    return intake_reason(source, f"results/{scene}/photos")
+    return intake_reason(source, scene_layout(scene).photos)
 
 
 def query_intake_source(wildcards):
@@ -331,7 +339,7 @@ def image_folder(wildcards):
     if is_synthetic(wildcards.scene):
         return f"{synthetic_dir(wildcards.scene)}/images"
     if intake_needed(wildcards.scene):  # a video, HEIC or EXIF-rotated photos: rules/intake.smk
-        return f"results/{wildcards.scene}/photos"
+        return scene_layout(wildcards.scene).photos
     return check_photos(wildcards.scene)
 
 
@@ -364,7 +372,7 @@ def training_images(wildcards):
     factor = factor_of(wildcards.scene)
     if factor == 1:
         return image_folder(wildcards)
-    return f"results/{wildcards.scene}/images_{factor}"
+    return scene_layout(wildcards.scene).images(factor)
 
 
 def preset_of(scene):
@@ -427,8 +435,8 @@ def query_folder(scene):
     queries = sheet.loc[scene, "queries"]
     if queries == "synthetic":
         return f"{synthetic_dir(scene)}/queries"
-    if queries and intake_reason(resolve(queries), f"results/{scene}/query_photos"):
-        return f"results/{scene}/query_photos"  # HEIC or EXIF-rotated: rule intake_queries
+    if queries and intake_reason(resolve(queries), scene_layout(scene).query_photos):
+        return scene_layout(scene).query_photos  # HEIC or EXIF-rotated: rule intake_queries
     return resolve(queries) if queries else ""
 
 
@@ -452,10 +460,10 @@ def query_truth(scene):
 def localize_input(wildcards):
     scene = wildcards.scene
     inputs = {
-        "scene": f"results/{scene}/poses/scene.json",
+        "scene": scene_layout(scene).scene_json,
         "images": training_images(wildcards),
-        "model": f"results/{scene}/model/final.json",
-        "sparse": f"results/{scene}/sparse/0",
+        "model": scene_layout(scene).final_json,
+        "sparse": scene_layout(scene).sparse,
         "queries": check_query_photos(scene),
         "manifest": training_manifest(wildcards),
         "query_manifest": query_manifest(scene),
@@ -481,17 +489,17 @@ def localize_params(wildcards):
         "query_poses": resolve(sheet.loc[scene, "query_poses"]) if sheet.loc[scene, "query_poses"] else "",
         "gt_poses": truth["gt_poses"] if perturbed else "",
         "gt_reference": truth["gt_reference"] if perturbed else "",
-        "sparse_dir": f"results/{scene}/sparse/0",
-        "database": f"results/{scene}/database.db",
+        "sparse_dir": scene_layout(scene).sparse,
+        "database": scene_layout(scene).database,
     }
 
 
 def localize_errors_input(wildcards):
     scene = wildcards.scene
     return {
-        "poses": f"results/{scene}/localize/poses.json",
-        "scene": f"results/{scene}/poses/scene.json",
-        "model": f"results/{scene}/model/final.json",
+        "poses": scene_layout(scene).localize_poses,
+        "scene": scene_layout(scene).scene_json,
+        "model": scene_layout(scene).final_json,
         "truth": query_truth(scene)["input"],
     }
 
@@ -501,27 +509,24 @@ def localize_errors_params(wildcards):
     return {"gt_poses": truth["gt_poses"], "gt_reference": truth["gt_reference"]}
 
 
-EXPORT_OUTPUTS = {"ply": "points.ply", "transforms": "transforms.json", "colmap": "colmap"}
-
-
 def export_targets(scene):
     """The exports the row's `export` column asks for (rules/export.smk)."""
     kinds = [k.strip() for k in sheet.loc[scene, "export"].split(",") if k.strip()]
-    return [f"results/{scene}/export/{EXPORT_OUTPUTS[k]}" for k in kinds]
+    return [scene_layout(scene).export(k) for k in kinds]
 
 
 def all_targets():
     """The furthest product of every row."""
     targets = []
     for scene in sheet["scene"]:
-        targets.append(f"results/{scene}/poses/summary.json")
-        targets.append(f"results/{scene}/eval/metrics.tsv")
-        targets.append(f"results/{scene}/report/cameras.png")
+        targets.append(scene_layout(scene).summary_json)
+        targets.append(scene_layout(scene).metrics)
+        targets.append(scene_layout(scene).report("cameras.png"))
         if sheet.loc[scene, "render_path"] != "none":
-            targets.append(f"results/{scene}/render/color.mp4")
+            targets.append(scene_layout(scene).video("color"))
         if query_folder(scene):
-            targets.append(f"results/{scene}/localize/poses.json")
+            targets.append(scene_layout(scene).localize_poses)
             if query_truth(scene):
-                targets.append(f"results/{scene}/localize/errors.tsv")
+                targets.append(scene_layout(scene).localize_errors)
         targets.extend(export_targets(scene))
     return targets

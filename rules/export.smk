@@ -5,12 +5,12 @@
 
 rule export_points:
     input:
-        scene="results/{scene}/poses/scene.json",
+        scene=SCENE.scene_json,
         images=training_images,
         manifest=training_manifest,
-        model="results/{scene}/model/final.json",
+        model=SCENE.final_json,
     output:
-        ply="results/{scene}/export/points.ply",
+        ply=SCENE.export("ply"),
     params:
         what="ply",
         options=config["export"]["point_cloud"],
@@ -31,9 +31,9 @@ rule export_points:
 
 rule export_transforms:
     input:
-        scene="results/{scene}/poses/scene.json",
+        scene=SCENE.scene_json,
     output:
-        transforms="results/{scene}/export/transforms.json",
+        transforms=SCENE.export("transforms"),
     params:
         what="transforms",
     log:
@@ -48,10 +48,10 @@ rule export_transforms:
 
 rule export_colmap:
     input:
-        scene="results/{scene}/poses/scene.json",
-        sparse="results/{scene}/sparse/0",
+        scene=SCENE.scene_json,
+        sparse=SCENE.sparse,
     output:
-        colmap=directory("results/{scene}/export/colmap"),
+        colmap=directory(SCENE.export("colmap")),
     params:
         what="colmap",
     log:

@@ -9,7 +9,7 @@ rule intake:
         source=intake_source,
         manifest=photo_manifest,
     output:
-        directory("results/{scene}/photos"),
+        directory(SCENE.photos),
     params:
         video_fps=config["intake"]["video_fps"],
         max_frames=config["intake"]["max_frames"],
@@ -28,7 +28,7 @@ rule intake_queries:
     input:
         source=query_intake_source,
     output:
-        directory("results/{scene}/query_photos"),
+        directory(SCENE.query_photos),
     params:
         video_fps=config["intake"]["video_fps"],
         max_frames=config["intake"]["max_frames"],

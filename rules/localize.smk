@@ -8,9 +8,9 @@ rule localize:
     input:
         unpack(localize_input),
     output:
-        poses="results/{scene}/localize/poses.json",
+        poses=SCENE.localize_poses,
         views=report(
-            directory("results/{scene}/localize/views"),
+            directory(SCENE.localize_views),
             patterns=["{name}.png"],
             caption="report/localize_views.rst",
             category="{scene}",
@@ -38,7 +38,7 @@ rule localize_errors:
         unpack(localize_errors_input),
     output:
         errors=report(
-            "results/{scene}/localize/errors.tsv",
+            SCENE.localize_errors,
             caption="report/localize_errors.rst",
             category="{scene}",
             subcategory="5 localization",

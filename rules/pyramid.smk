@@ -6,7 +6,7 @@ rule pyramid:
         images=image_folder,
         manifest=photo_manifest,
     output:
-        directory("results/{scene}/images_{factor}"),
+        directory(SCENE.images("{factor}")),
     log:
         "logs/pyramid/{scene}_{factor}.log",
     threads: ALL_CORES

@@ -5,31 +5,31 @@
 
 rule render:
     input:
-        scene="results/{scene}/poses/scene.json",
+        scene=SCENE.scene_json,
         images=training_images,
         manifest=training_manifest,
-        model="results/{scene}/model/final.json",
+        model=SCENE.final_json,
         path_file=render_path_file,
     output:
         color=report(
-            "results/{scene}/render/color.mp4",
+            SCENE.video("color"),
             caption="report/video.rst",
             category="{scene}",
             subcategory="4 videos",
         ),
         depth=report(
-            "results/{scene}/render/depth.mp4",
+            SCENE.video("depth"),
             caption="report/video.rst",
             category="{scene}",
             subcategory="4 videos",
         ),
         acc=report(
-            "results/{scene}/render/acc.mp4",
+            SCENE.video("acc"),
             caption="report/video.rst",
             category="{scene}",
             subcategory="4 videos",
         ),
-        path="results/{scene}/render/path.json",
+        path=SCENE.render_path,
     params:
         settings=render_params,
     log:

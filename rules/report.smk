@@ -7,7 +7,7 @@
 # The overview page of every scene with render videos; rule `all` asks for them, as only
 # outputs of jobs in the DAG make it into the report.
 REPORT_OVERVIEWS = [
-    f"results/{scene}/report/overview.html"
+    scene_layout(scene).report("overview.html")
     for scene in sheet["scene"]
     if sheet.loc[scene, "render_path"] != "none"
 ]
@@ -15,24 +15,25 @@ REPORT_OVERVIEWS = [
 
 rule report_figures:
     input:
-        scene="results/{scene}/poses/scene.json",
-        summary="results/{scene}/poses/summary.json",
-        model="results/{scene}/model/final.json",
+        scene=SCENE.scene_json,
+        summary=SCENE.summary_json,
+        sparse=SCENE.sparse,  # its points are drawn in cameras.png
+        model=SCENE.final_json,
     output:
         cameras=report(
-            "results/{scene}/report/cameras.png",
+            SCENE.report("cameras.png"),
             caption="report/cameras.rst",
             category="{scene}",
             subcategory="1 poses",
         ),
         training=report(
-            "results/{scene}/report/training.png",
+            SCENE.report("training.png"),
             caption="report/training.rst",
             category="{scene}",
             subcategory="2 training",
         ),
         settings=report(
-            "results/{scene}/report/settings.tsv",
+            SCENE.report("settings.tsv"),
             caption="report/settings.rst",
             category="{scene}",
             subcategory="2 training",
@@ -55,15 +56,15 @@ rule report_figures:
 # report.html (which refuses directory items) and report.zip show it.
 rule report_overview:
     input:
-        metrics="results/{scene}/eval/metrics.tsv",
-        color="results/{scene}/render/color.mp4",
-        depth="results/{scene}/render/depth.mp4",
-        acc="results/{scene}/render/acc.mp4",
-        cameras="results/{scene}/report/cameras.png",
-        training="results/{scene}/report/training.png",
+        metrics=SCENE.metrics,
+        color=SCENE.video("color"),
+        depth=SCENE.video("depth"),
+        acc=SCENE.video("acc"),
+        cameras=SCENE.report("cameras.png"),
+        training=SCENE.report("training.png"),
     output:
         report(
-            "results/{scene}/report/overview.html",
+            SCENE.report("overview.html"),
             caption="report/overview.rst",
             category="{scene}",
             subcategory="0 overview",

@@ -6,11 +6,11 @@
 
 rule train:
     input:
-        scene="results/{scene}/poses/scene.json",
+        scene=SCENE.scene_json,
         images=training_images,
         manifest=training_manifest,
     output:
-        final="results/{scene}/model/final.json",
+        final=SCENE.final_json,
     params:
         settings=train_params,
     log:
@@ -30,19 +30,19 @@ rule train:
 
 rule evaluate:
     input:
-        scene="results/{scene}/poses/scene.json",
+        scene=SCENE.scene_json,
         images=training_images,
         manifest=training_manifest,
-        model="results/{scene}/model/final.json",
+        model=SCENE.final_json,
     output:
         metrics=report(
-            "results/{scene}/eval/metrics.tsv",
+            SCENE.metrics,
             caption="report/metrics.rst",
             category="{scene}",
             subcategory="3 evaluation",
         ),
         views=report(
-            directory("results/{scene}/eval/views"),
+            directory(SCENE.eval_views),
             patterns=["{name}.png"],
             caption="report/views.rst",
             category="{scene}",

@@ -5,7 +5,7 @@ from nerflib.logs import log_to
 with log_to(snakemake.log[0]):
     steps.poses(
         snakemake.input.images,
-        scene_dir=snakemake.output.sparse.rsplit("/sparse/", 1)[0],
+        scene_dir=snakemake.params.scene_dir,
         threads=snakemake.threads,
         **snakemake.params.settings,
     )

@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         model_dir=Path(snakemake.input.model).parent,
         out_dir=Path(snakemake.output.cameras).parent,
         summary_json=snakemake.input.summary,
+        sparse_dir=snakemake.input.sparse,
     )
