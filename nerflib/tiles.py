@@ -131,6 +131,11 @@ def gather_tiles(local: Segment, *, axis_name: str) -> Segment:
                    acc=merge(local.acc, -1), wt=merge(local.wt, -1), distortion=merge(local.distortion, -1))
 
 
+def gather_last(x, *, axis_name: str):
+    """x [..., K_local] on each device -> [..., D * K_local], device-major (one all-gather)."""
+    return jax.lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)
+
+
 def box_entry_exit(origins, directions, lo, hi):
     """(t_enter, t_exit) of rays [..., 3] in the axis-aligned box [lo, hi] (slab method); t_enter >
     t_exit when the ray misses it. Directions with a zero component are handled by +-inf slabs."""

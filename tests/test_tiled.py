@@ -1,0 +1,133 @@
+"""The tiled field (nerflib.tiled, issue #26): K tiles rendered as segments equal the same fields
+rendered as one sequence per ray, and K == 1 is the plain models.NerfModel (same rendering and loss; the
+gradients are those of the same computation, checked against the untiled sequence for K == 4).
+
+References: tiled.untiled_reference (each tile's field on its own intervals, all tiles'
+intervals of a ray in one sequence with zero-density gaps, then render / stepfun on the
+whole sequence) and models.NerfModel with the same parameters. Colour, opacity, depth,
+per-round weights, interlevel and distortion losses and the gradients of the total loss
+agree in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nerflib import losses, models, tiled
+from nerflib.types import Rays
+
+HASH = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("base_resolution", 4),
+        ("max_resolution", 64))
+
+
+def small_cfg(**overrides) -> models.ModelConfig:
+    cfg = models.model_tiny(field="hashgrid", hashgrid_options=HASH, prop_hashgrid_options=HASH[:3] + (
+        ("base_resolution", 4), ("max_resolution", 16)), num_prop_samples=(12,), num_nerf_samples=8,
+        prop_net_depth=1, prop_net_width=16, nerf_net_depth=1, nerf_net_width=16, bottleneck_width=8,
+        net_width_viewdirs=16, opaque_background=False, near=0.05, far=50.0, density_bias=-3.0)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def random_rays(seed, n=32, *, near=0.05, far=50.0) -> Rays:
+    rng = np.random.default_rng(seed)
+    o = rng.uniform(-0.8, 0.8, (n, 3)).astype(np.float32)
+    d = rng.normal(size=(n, 3)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return Rays(origins=jnp.asarray(o), directions=jnp.asarray(d), viewdirs=jnp.asarray(d),
+                radii=jnp.full((n, 1), 2e-3, jnp.float32), near=jnp.full((n, 1), near, jnp.float32),
+                far=jnp.full((n, 1), far, jnp.float32), cam_idx=jnp.zeros((n, 1), jnp.int32))
+
+
+def noisy_params(model, seed):
+    """Initial params plus noise, so that densities and colours vary (a random, non-trivial field)."""
+
+    def make(key):
+        params = model.init(key)
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        return jax.tree.unflatten(tree, [p + 0.4 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+    return jax.jit(make)(jax.random.PRNGKey(seed))
+
+
+def layout(k, seed=0):
+    pts = np.random.default_rng(seed).normal(size=(500, 3)) * [0.6, 0.5, 0.3]
+    return tiled.layout_from_points(pts, k)
+
+
+def test_tiled_render_equals_the_untiled_sequence_with_gradients():
+    model = tiled.TiledModel(small_cfg(), layout(4))
+    params = noisy_params(model, 3)
+    rays = random_rays(1)
+    jitter = model.draw_jitter(jax.random.PRNGKey(7), 32)
+    gt = jnp.asarray(np.random.default_rng(2).uniform(size=(32, 3)), jnp.float32)
+
+    def tiled_loss(params):
+        out, hist = model.render(params, rays, jitter=jitter, train_frac=0.5)
+        return model.loss(out, gt)[0], (out, hist)
+
+    def ref_loss(params, hist):
+        ref = tiled.untiled_reference(model, params, rays, hist)
+        cfg = model.cfg
+        data = losses.data_loss(ref["rgb"], gt, kind=cfg.data_loss_type, charb_padding=cfg.charb_padding)
+        total = (data + cfg.interlevel_loss_mult * jnp.mean(ref["interlevel"])
+                 + cfg.distortion_loss_mult * jnp.mean(ref["distortion"]))
+        return total, ref
+
+    (loss, (out, hist)), grad = jax.jit(jax.value_and_grad(tiled_loss, has_aux=True))(params)
+    (loss_ref, ref), grad_ref = jax.jit(jax.value_and_grad(ref_loss, has_aux=True))(params, hist)
+    assert 0.05 < float(jnp.mean(out["acc"])) < 0.97  # a field with something to composite
+    for key in ("rgb", "acc", "depth", "distortion"):
+        np.testing.assert_allclose(out[key], ref[key], rtol=2e-4, atol=2e-5, err_msg=key)
+    np.testing.assert_allclose(jnp.sum(out["interlevel"], -1) / model.k, ref["interlevel"], rtol=2e-4, atol=1e-6)
+    for level, (h, w) in enumerate(zip(hist, ref["weights"])):
+        np.testing.assert_allclose(h["weights"], w, rtol=2e-4, atol=2e-6, err_msg=f"weights of round {level}")
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-6 * float(jnp.max(jnp.abs(b))) + 1e-9)
+    assert float(jnp.max(jnp.abs(grad["prop_field"]["hash_encoding"]["tables"]))) > 0  # interlevel reaches them
+
+
+def test_one_tile_is_the_plain_model():
+    cfg = small_cfg()
+    model = tiled.TiledModel(cfg, tiled.whole_space_layout())
+    params = noisy_params(model, 5)
+    rays = random_rays(3)
+    gt = jnp.asarray(np.random.default_rng(4).uniform(size=(32, 3)), jnp.float32)
+    plain = models.make_model(cfg, num_images=1)
+    one = jax.tree.map(lambda x: x[0], params)
+    plain_shapes = jax.eval_shape(lambda: models.init_variables(plain, jax.random.PRNGKey(0))["params"])
+    assert jax.tree.structure(one) == jax.tree.structure(plain_shapes)
+
+    def tiled_loss(params):
+        out, hist = model.render(params, rays, train_frac=0.7)
+        return model.loss(out, gt)[0], (out, hist)
+
+    def plain_loss(one):
+        renderings, history = plain.apply({"params": one}, rays, rng=None, train_frac=0.7)
+        return losses.total_loss(renderings, history, gt, cfg)[0], (renderings, history)
+
+    loss, (out, hist) = jax.jit(tiled_loss)(params)
+    loss_p, (rend, hist_p) = jax.jit(plain_loss)(one)
+    for key in ("rgb", "acc", "depth"):
+        np.testing.assert_allclose(out[key], rend[-1][key], rtol=2e-4, atol=2e-5, err_msg=key)
+    for h, hp in zip(hist, hist_p):
+        np.testing.assert_allclose(h["sdist"][:, 0], hp["sdist"], atol=1e-6)
+        np.testing.assert_allclose(h["weights"][:, 0], hp["weights"], rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(loss, loss_p, rtol=1e-5)  # data, interlevel and distortion
+
+
+def test_layout_and_unsupported_options():
+    pts = np.random.default_rng(0).normal(size=(1000, 3)) * [3.0, 1.0, 0.2]
+    lay = tiled.layout_from_points(pts, 4)
+    assert lay.k == 4 and np.all(np.isinf(lay.lo).sum(1) >= 2) and np.all(lay.c_lo < lay.c_hi)
+    inside = [np.sum(np.all((pts >= lo) & (pts < hi), axis=1)) for lo, hi in zip(lay.lo, lay.hi)]
+    assert sum(inside) == 1000 and max(inside) - min(inside) <= 2
+    assert np.all(lay.c_lo >= -2) and np.all(lay.c_hi <= 2)
+    with pytest.raises(ValueError, match="opaque_background"):
+        tiled.TiledModel(small_cfg(opaque_background=True), lay)
