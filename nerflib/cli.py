@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="fail when the pose diagnostics warn (docs/pose_diagnostics.md), not only warn")
     p.add_argument("--mapper", choices=MAPPERS, default="incremental",
-                   help="incremental (COLMAP) or global (GLOMAP, for large captures)")
+                   help="incremental (COLMAP), global (GLOMAP, for large captures) or auto (global, then "
+                        "incremental when the global model looks wrong; the log says why)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     p = sub.add_parser(

@@ -32,8 +32,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -42,7 +42,13 @@ from nerflib.images import check_images, is_heif
 from nerflib.types import CAMERA_MODELS
 
 MATCHERS = ("auto", "exhaustive", "sequential", "vocab_tree")
-MAPPERS = ("incremental", "global")
+MAPPERS = ("incremental", "global", "auto")
+# mapper="auto" runs global mapping first and falls back to incremental mapping
+# (on the same matches) when the global model's path jumps, a camera's
+# intrinsics are implausible, or more than AUTO_MAX_PROBLEM_FRACTION of the
+# photos (at least one) are unregistered or weak (pose_checks.diagnose);
+# `auto_fallback_reason`. Then the model with fewer such photos is kept.
+AUTO_MAX_PROBLEM_FRACTION = 0.01
 # matcher="auto" matches all pairs up to this many images (n^2/2 pairs: 500
 # images = 125k pairs, about an hour of CPU matching on a few cores).
 AUTO_EXHAUSTIVE_MAX_IMAGES = 500
@@ -127,19 +133,47 @@ def choose_matcher(matcher: str, n_images: int, vocab_tree: str | os.PathLike | 
     )
 
 
-def _resolve_gpu(gpu) -> bool:
+def cuda_device_count() -> int:
+    """CUDA devices the driver shows this process (0 without a driver or a GPU); no CUDA toolkit needed."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0  # e.g. CUDA_VISIBLE_DEVICES="" or a driver without devices
+    return int(count.value)
+
+
+def resolve_gpu(gpu) -> tuple[bool, str]:
+    """(SIFT on the GPU?, why) for run_sfm's `gpu` ("auto", True, False).
+
+    "auto" uses the GPU when pycolmap is a CUDA build (pycolmap.has_cuda: the
+    pycolmap-cuda12 wheel; PyPI's pycolmap is CPU-only) and the driver shows a
+    device (a CPU node of a cluster running the same environment does not).
+    """
     import pycolmap
 
-    if gpu == "auto":
-        return bool(pycolmap.has_cuda)
-    if gpu is True or gpu is False:
-        if gpu and not pycolmap.has_cuda:
+    if gpu not in ("auto", True, False):
+        raise ValueError(f"gpu must be 'auto', True or False, got {gpu!r}")
+    if gpu is False:
+        return False, "gpu=False"
+    if not pycolmap.has_cuda:
+        if gpu is True:
             raise ValueError(
                 "gpu=True but this pycolmap is a CPU-only build (pycolmap.has_cuda is False; "
-                "PyPI wheels are CPU-only); use gpu='auto' or install a CUDA build of pycolmap"
+                "PyPI's pycolmap wheels are CPU-only); use gpu='auto' or install the CUDA build: "
+                "pip uninstall pycolmap && pip install pycolmap-cuda12"
             )
-        return gpu
-    raise ValueError(f"gpu must be 'auto', True or False, got {gpu!r}")
+        return False, "pycolmap is a CPU-only build (pip install pycolmap-cuda12 for GPU SIFT)"
+    devices = cuda_device_count()
+    if devices == 0:
+        if gpu is True:
+            raise ValueError("gpu=True but no CUDA device is visible to this process (CUDA_VISIBLE_DEVICES, driver)")
+        return False, "pycolmap has CUDA but no CUDA device is visible"
+    return True, f"pycolmap CUDA build, {devices} CUDA device(s)"
 
 
 WORK_PREFIX = ".sfm-"
@@ -353,7 +387,7 @@ def build_vocab_tree(
     work = Path(tempfile.mkdtemp(dir=tree_path.parent, prefix=".vocab-tree-"))
     try:
         if source.is_dir():
-            use_gpu = _resolve_gpu(gpu)
+            use_gpu, _ = resolve_gpu(gpu)
             sizes = check_images(source, min_images=1)
             longest, first_octave = _first_octave(sizes, max_image_size, sift_first_octave)
             log(
@@ -423,6 +457,236 @@ def _replace_dir(src: Path, dst: Path, trash_parent: Path) -> None:
     os.replace(src, dst)
 
 
+def _plan(image_dir: Path, *, camera_model, single_camera, matcher, vocab_tree, vocab_tree_num_images, overlap,
+          threads, max_image_size, max_num_features, sift_first_octave, gpu, log) -> dict:
+    """Check the feature settings and the photos, choose matcher and device, log the plan (nothing written)."""
+    import pycolmap
+
+    _validate(camera_model, matcher, threads, max_image_size, 0.0, overlap)
+    _check_sift_args(max_num_features, sift_first_octave)
+    if not isinstance(vocab_tree_num_images, int) or vocab_tree_num_images < 1:
+        raise ValueError(f"vocab_tree_num_images must be a positive integer, got {vocab_tree_num_images!r}")
+    use_gpu, gpu_reason = resolve_gpu(gpu)
+    if vocab_tree and not Path(vocab_tree).is_file():
+        raise ValueError(f"vocabulary tree file {vocab_tree} does not exist. {VOCAB_TREE_HELP}")
+    sizes = check_images(image_dir, min_images=3, single_camera=single_camera)
+    names = [n for n, _, _ in sizes]
+    heif = [name for name in names if is_heif(name)]
+    if heif:  # COLMAP reads no HEIF: the workflow's intake step converts them first
+        raise ValueError(f"{image_dir} holds HEIC/HEIF photos ({', '.join(heif[:3])}), which COLMAP cannot read; "
+                         f"convert them first: nerf intake {image_dir} PHOTOS_DIR, then pose PHOTOS_DIR")
+    n = len(names)
+    matcher_used, matcher_reason = choose_matcher(matcher, n, vocab_tree)
+    uses_tree = bool(vocab_tree) and matcher_used in ("vocab_tree", "sequential")
+    tree_note = ""
+    if uses_tree:
+        tree = check_vocab_tree(vocab_tree)
+        tree_note = f"; vocabulary tree {vocab_tree} ({tree['num_visual_words']} words)"
+        if matcher_used == "vocab_tree":
+            tree_note += f", {min(vocab_tree_num_images, n)} images retrieved per photo"
+    if matcher == "auto" and matcher_used == "sequential":
+        log(
+            f"[sfm] WARNING: {n} images and no vocabulary tree: falling back to sequential matching, "
+            "which only works for ordered captures (video). For unordered photos configure a "
+            f"vocabulary tree. {VOCAB_TREE_HELP}"
+        )
+    longest, first_octave = _first_octave(sizes, max_image_size, sift_first_octave)
+    log(
+        f"[sfm] {n} images in {image_dir} ({sizes[0][1]}x{sizes[0][2]} first); camera {camera_model}"
+        f"{' shared' if single_camera else ''}; matcher {matcher_used} ({matcher_reason}){tree_note}; "
+        f"threads {threads}; SIFT on {'GPU' if use_gpu else 'CPU'} ({gpu_reason}; longest side {longest} px, "
+        f"first octave {first_octave}, <= {max_num_features} features); pycolmap {pycolmap.__version__}"
+    )
+    return {"image_dir": image_dir, "names": names, "camera_model": camera_model, "single_camera": single_camera,
+            "matcher": matcher_used, "matcher_reason": matcher_reason, "uses_tree": uses_tree,
+            "vocab_tree": vocab_tree, "vocab_tree_num_images": vocab_tree_num_images, "overlap": overlap,
+            "threads": threads, "max_image_size": max_image_size, "max_num_features": max_num_features,
+            "first_octave": first_octave, "use_gpu": use_gpu, "gpu_reason": gpu_reason}
+
+
+def _features(plan: dict, database: Path, *, seed, log, stage) -> dict:
+    """SIFT extraction and matching of `plan` (from _plan) into a new `database`: counts and timings."""
+    import pycolmap
+
+    names, n, threads, use_gpu = plan["names"], len(plan["names"]), plan["threads"], plan["use_gpu"]
+    device = pycolmap.Device.cuda if use_gpu else pycolmap.Device.cpu
+    timings: dict[str, float] = {}
+    pycolmap.set_random_seed(seed)
+
+    # 1. Features.
+    stage("extraction", "start")
+    t0 = time.perf_counter()
+    _extract(database, plan["image_dir"], names, camera_model=plan["camera_model"],
+             single_camera=plan["single_camera"], threads=threads, max_image_size=plan["max_image_size"],
+             max_num_features=plan["max_num_features"], first_octave=plan["first_octave"], use_gpu=use_gpu)
+    timings["extraction_s"] = time.perf_counter() - t0
+    stage("extraction", "end")
+    with contextlib.closing(pycolmap.Database.open(database)) as db:
+        n_db, n_kp, n_cams = db.num_images(), db.num_keypoints(), db.num_cameras()
+    log(
+        f"[sfm] extraction: {n_db}/{n} images, {n_kp} keypoints ({n_kp / max(n_db, 1):.0f}/image), "
+        f"{n_cams} camera(s), {timings['extraction_s']:.1f} s"
+    )
+    if n_db < n:
+        log(f"[sfm] WARNING: COLMAP could not read {n - n_db} of the {n} images (see its log above)")
+
+    # 2. Matches.
+    stage("matching", "start")
+    t0 = time.perf_counter()
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads
+    matching.use_gpu = use_gpu
+    matcher, vocab_tree = plan["matcher"], plan["vocab_tree"]
+    if matcher == "exhaustive":
+        pycolmap.match_exhaustive(database, matching_options=matching, device=device)
+    elif matcher == "sequential":
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = plan["overlap"]
+        pairing.quadratic_overlap = True
+        pairing.num_threads = threads
+        if vocab_tree:
+            pairing.loop_detection = True
+            pairing.vocab_tree_path = str(vocab_tree)
+        pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing, device=device)
+    else:
+        pairing = pycolmap.VocabTreePairingOptions()
+        pairing.vocab_tree_path = str(vocab_tree)
+        pairing.num_images = min(plan["vocab_tree_num_images"], n)
+        pairing.num_threads = threads
+        pycolmap.match_vocabtree(database, matching_options=matching, pairing_options=pairing, device=device)
+    timings["matching_s"] = time.perf_counter() - t0
+    stage("matching", "end")
+    with contextlib.closing(pycolmap.Database.open(database)) as db:
+        n_pairs = db.num_matched_image_pairs()
+        # num_verified_image_pairs() also counts pairs that failed verification
+        # (one row per pair tried); count the pairs with inliers instead.
+        _, inliers = db.read_two_view_geometry_num_inliers()
+        n_verified = sum(1 for k in inliers if k > 0)
+    log(
+        f"[sfm] matching ({matcher}): {n_pairs} image pairs matched, "
+        f"{n_verified} geometrically verified, {timings['matching_s']:.1f} s"
+    )
+    return {"images": int(n_db), "keypoints": int(n_kp), "matched_pairs": int(n_pairs),
+            "verified_pairs": int(n_verified), "timings": timings}
+
+
+def extract_and_match(image_dir, database, *, camera_model: str = "OPENCV", single_camera: bool = True,
+                      matcher: str = "auto", vocab_tree=None, vocab_tree_num_images: int = VOCAB_TREE_NUM_IMAGES,
+                      overlap: int = 10, threads: int = -1, max_image_size: int | None = 3200,
+                      max_num_features: int = 8192, sift_first_octave: int | str = "auto", gpu="auto",
+                      seed: int = 0, log: Callable[[str], object] = print,
+                      on_stage: Callable[[str, str], object] | None = None) -> dict:
+    """run_sfm's first two stages alone: SIFT features and verified matches of the photos in `image_dir`
+    written to a new COLMAP `database` (not atomically), for `map_database` (bench/sfm_scale.py
+    maps one database with several mappers). Settings as run_sfm's. Returns names, matcher,
+    matcher_reason, sift_first_octave, gpu, gpu_reason, images, keypoints, matched_pairs,
+    verified_pairs and timings (extraction_s, matching_s).
+    """
+    database = Path(database)
+    if database.exists():
+        raise ValueError(f"{database} exists; extract_and_match writes a new database")
+    plan = _plan(Path(image_dir), camera_model=camera_model, single_camera=single_camera, matcher=matcher,
+                 vocab_tree=vocab_tree, vocab_tree_num_images=vocab_tree_num_images, overlap=overlap,
+                 threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
+                 sift_first_octave=sift_first_octave, gpu=gpu, log=log)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    feats = _features(plan, database, seed=seed, log=log,
+                      stage=on_stage if on_stage is not None else (lambda name, event: None))
+    return {"names": plan["names"], "matcher": plan["matcher"], "matcher_reason": plan["matcher_reason"],
+            "sift_first_octave": plan["first_octave"], "gpu": plan["use_gpu"], "gpu_reason": plan["gpu_reason"],
+            **feats}
+
+
+def map_database(database, image_dir, models_dir, *, mapper: str, threads: int = -1, seed: int = 0) -> dict:
+    """Run one mapper on a COLMAP database with verified matches: {model index: pycolmap.Reconstruction}.
+
+    mapper: "incremental" (COLMAP's incremental mapper) or "global" (GLOMAP,
+    pycolmap.global_mapping); "auto" is run_sfm's choice between the two.
+    models_dir: an existing empty folder; COLMAP writes each model there (0/, 1/ ...).
+    An empty dict when no model was found (no initial pair).
+    """
+    import pycolmap
+
+    if mapper == "global":
+        options = pycolmap.GlobalPipelineOptions()
+        options.num_threads = threads
+        options.random_seed = seed
+        return dict(pycolmap.global_mapping(database, image_dir, models_dir, options))
+    if mapper == "incremental":
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = threads
+        options.mapper.num_threads = threads
+        options.random_seed = seed
+        options.mapper.random_seed = seed
+        return dict(pycolmap.incremental_mapping(database, image_dir, models_dir, options))
+    raise ValueError(f"map_database runs 'incremental' or 'global', got {mapper!r}")
+
+
+def auto_fallback_reason(total: int, registered: int, diag: dict | None) -> str | None:
+    """Why mapper="auto" should not keep a global model (None: keep it).
+
+    total: photos; registered: registered in the kept model; diag: its
+    pose_checks.diagnose dict (None: no model). Reasons, the first that holds:
+    no model; path jumps (suspect frames of an ordered capture); implausible
+    intrinsics; more than AUTO_MAX_PROBLEM_FRACTION of the photos unregistered
+    or weak. A split view graph is no reason: both mappers see the same matches.
+    """
+    if diag is None or registered == 0:
+        return "found no model"
+    suspect = diag.get("continuity", {}).get("suspect", [])
+    if suspect:
+        jumps = len(diag["continuity"]["jumps"])
+        return f"gave a camera path with {jumps} jump(s), {len(suspect)} frame(s) suspect ({_names_short(suspect)})"
+    bad = [c for c in diag.get("cameras", []) if c.get("problem")]
+    if bad:
+        return f"gave implausible intrinsics ({bad[0]['problem']})"
+    problems = problem_count(total, registered, diag)
+    tolerated = math.floor(AUTO_MAX_PROBLEM_FRACTION * total)
+    if problems > tolerated:
+        return (f"left {total - registered} of {total} photos unregistered and {len(diag.get('weak', []))} weak "
+                f"(tolerated: {tolerated}, {AUTO_MAX_PROBLEM_FRACTION:.0%})")
+    return None
+
+
+def problem_count(total: int, registered: int, diag: dict | None) -> int:
+    """Photos that a model does not pose trustworthily: unregistered + flagged by the diagnostics."""
+    if diag is None:
+        return total
+    return total - registered + len(diag.get("flagged", []))
+
+
+def _names_short(names, k: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _map_attempt(mapper, database, image_dir, models_dir, names, *, threads, seed, ordered, log) -> dict:
+    """One mapper run and the diagnostics of its largest model (run_sfm's step 3)."""
+    t0 = time.perf_counter()
+    models_dir.mkdir()
+    models = map_database(database, image_dir, models_dir, mapper=mapper, threads=threads, seed=seed)
+    seconds = time.perf_counter() - t0
+    counts = {int(k): int(rec.num_reg_images()) for k, rec in models.items()}
+    log(f"[sfm] mapping ({mapper}): {len(models)} model(s) with {sorted(counts.values(), reverse=True)} "
+        f"registered images, {seconds:.1f} s")
+    attempt = {"mapper": mapper, "models": models, "counts": counts, "kept": None, "rec": None, "diag": None,
+               "registered": 0, "seconds": seconds}
+    if models:
+        kept = max(counts, key=lambda k: (counts[k], -k))
+        rec = models[kept]
+        attempt.update(kept=kept, rec=rec, registered=counts[kept],
+                       diag=pose_checks.diagnose(rec, names, database=database, ordered=ordered))
+    return attempt
+
+
+def _attempt_record(a: dict, total: int) -> dict:
+    """The JSON-able part of an _map_attempt result (summary.json's mapper_attempts)."""
+    diag = a["diag"]
+    return {"mapper": a["mapper"], "registered": a["registered"], "models": len(a["models"]),
+            "problems": problem_count(total, a["registered"], diag),
+            "warnings": len(diag["warnings"]) if diag else None, "seconds": round(a["seconds"], 3)}
+
+
 def run_sfm(
     image_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -472,16 +736,21 @@ def run_sfm(
                    faster extraction); "auto": -1 when the longest side used
                    for extraction is <= SIFT_UPSAMPLE_MAX_SIZE pixels, else 0.
     min_registered_fraction: fewer registered photos than this raises SfMError.
-    gpu          : "auto" (SIFT on the GPU if pycolmap has CUDA), True, False.
+    gpu          : "auto" (SIFT extraction and matching on the GPU when pycolmap is
+                   a CUDA build and a device is visible: `resolve_gpu`), True, False.
     seed         : COLMAP's random seed (runs are repeatable up to thread timing).
     strict       : raise SfMError when the pose diagnostics warn (path jumps,
                    weak images, a split view graph; nerflib.pose_checks), instead
                    of only logging the warning; the model and summary are
                    written first, for inspection.
-    mapper       : "incremental" (COLMAP's incremental mapper) or "global"
+    mapper       : "incremental" (COLMAP's incremental mapper), "global"
                    (GLOMAP, pycolmap.global_mapping: all poses at once from the
-                   view graph, built for large captures). On the 40-view demo
-                   both register every view (tests/test_sfm.py).
+                   view graph, built for large captures), or "auto": global,
+                   then incremental on the same matches when `auto_fallback_reason`
+                   finds the global model wanting (logged with the reason); the
+                   model with fewer problem photos (unregistered + flagged) is
+                   kept, global on a tie. On the 40-view demo both register
+                   every view (tests/test_sfm.py).
     on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
                    "end") right around each timed stage ("extraction", "matching",
                    "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
@@ -493,7 +762,8 @@ def run_sfm(
     camera_model, cameras (model, width, height, params in full-size pixels),
     points, mean_reprojection_error_px, keypoints, matched_pairs (image
     pairs the matcher tried: n(n-1)/2 for exhaustive), verified_pairs, the settings
-    used, diagnostics (pose_checks.diagnose: per-image observations, track
+    used, mapper (the one whose model was kept), mapper_requested, mapper_reason,
+    mapper_attempts ([{mapper, registered, models, problems, warnings, seconds}]), diagnostics (pose_checks.diagnose: per-image observations, track
     lengths, view graph, path continuity, warnings), and timings (extraction_s, matching_s, mapping_s, total_s). Raises
     ValueError for bad arguments, unreadable photos or a vocabulary tree that
     does not load, SfMError when too few photos register.
@@ -501,50 +771,20 @@ def run_sfm(
     import pycolmap
 
     _validate(camera_model, matcher, threads, max_image_size, min_registered_fraction, overlap)
-    _check_sift_args(max_num_features, sift_first_octave)
-    if not isinstance(vocab_tree_num_images, int) or vocab_tree_num_images < 1:
-        raise ValueError(f"vocab_tree_num_images must be a positive integer, got {vocab_tree_num_images!r}")
     if mapper not in MAPPERS:
         raise ValueError(f"unknown mapper {mapper!r}; choose one of {', '.join(MAPPERS)}")
-    use_gpu = _resolve_gpu(gpu)
-    if vocab_tree and not Path(vocab_tree).is_file():
-        raise ValueError(f"vocabulary tree file {vocab_tree} does not exist. {VOCAB_TREE_HELP}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
+    plan = _plan(image_dir, camera_model=camera_model, single_camera=single_camera, matcher=matcher,
+                 vocab_tree=vocab_tree, vocab_tree_num_images=vocab_tree_num_images, overlap=overlap,
+                 threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
+                 sift_first_octave=sift_first_octave, gpu=gpu, log=log)
+    names, n = plan["names"], len(plan["names"])
+    matcher_used = plan["matcher"]
     summary_path = Path(summary_path) if summary_path is not None else out_dir / "poses" / "summary.json"
-    sizes = check_images(image_dir, min_images=3, single_camera=single_camera)
-    names = [n for n, _, _ in sizes]
-    heif = [name for name in names if is_heif(name)]
-    if heif:  # COLMAP reads no HEIF: the workflow's intake step converts them first
-        raise ValueError(f"{image_dir} holds HEIC/HEIF photos ({', '.join(heif[:3])}), which COLMAP cannot read; "
-                         f"convert them first: nerf intake {image_dir} PHOTOS_DIR, then pose PHOTOS_DIR")
-    n = len(names)
-    matcher_used, matcher_reason = choose_matcher(matcher, n, vocab_tree)
-    uses_tree = bool(vocab_tree) and matcher_used in ("vocab_tree", "sequential")
-    tree_note = ""
-    if uses_tree:
-        tree = check_vocab_tree(vocab_tree)
-        tree_note = f"; vocabulary tree {vocab_tree} ({tree['num_visual_words']} words)"
-        if matcher_used == "vocab_tree":
-            tree_note += f", {min(vocab_tree_num_images, n)} images retrieved per photo"
-    if matcher == "auto" and matcher_used == "sequential":
-        log(
-            f"[sfm] WARNING: {n} images and no vocabulary tree: falling back to sequential matching, "
-            "which only works for ordered captures (video). For unordered photos configure a "
-            f"vocabulary tree. {VOCAB_TREE_HELP}"
-        )
-    longest, first_octave = _first_octave(sizes, max_image_size, sift_first_octave)
-    device = pycolmap.Device.cuda if use_gpu else pycolmap.Device.cpu
-    log(
-        f"[sfm] {n} images in {image_dir} ({sizes[0][1]}x{sizes[0][2]} first); camera {camera_model}"
-        f"{' shared' if single_camera else ''}; matcher {matcher_used} ({matcher_reason}){tree_note}; "
-        f"threads {threads}; SIFT on {'GPU' if use_gpu else 'CPU'} (longest side {longest} px, "
-        f"first octave {first_octave}, <= {max_num_features} features); pycolmap {pycolmap.__version__}"
-    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_work_dirs(out_dir, log)
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=WORK_PREFIX))
-    timings: dict[str, float] = {}
 
     def stage(name: str, event: str) -> None:
         if on_stage is not None:
@@ -553,85 +793,35 @@ def run_sfm(
     t_start = time.perf_counter()
     try:
         database = work / "database.db"
-        pycolmap.set_random_seed(seed)
+        feats = _features(plan, database, seed=seed, log=log, stage=stage)
+        timings = dict(feats["timings"])
 
-        # 1. Features.
-        stage("extraction", "start")
-        t0 = time.perf_counter()
-        _extract(database, image_dir, names, camera_model=camera_model, single_camera=single_camera,
-                 threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
-                 first_octave=first_octave, use_gpu=use_gpu)
-        timings["extraction_s"] = time.perf_counter() - t0
-        stage("extraction", "end")
-        with contextlib.closing(pycolmap.Database.open(database)) as db:
-            n_db, n_kp, n_cams = db.num_images(), db.num_keypoints(), db.num_cameras()
-        log(
-            f"[sfm] extraction: {n_db}/{n} images, {n_kp} keypoints ({n_kp / max(n_db, 1):.0f}/image), "
-            f"{n_cams} camera(s), {timings['extraction_s']:.1f} s"
-        )
-        if n_db < n:
-            log(f"[sfm] WARNING: COLMAP could not read {n - n_db} of the {n} images (see its log above)")
-
-        # 2. Matches.
-        stage("matching", "start")
-        t0 = time.perf_counter()
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = threads
-        matching.use_gpu = use_gpu
-        if matcher_used == "exhaustive":
-            pycolmap.match_exhaustive(database, matching_options=matching, device=device)
-        elif matcher_used == "sequential":
-            pairing = pycolmap.SequentialPairingOptions()
-            pairing.overlap = overlap
-            pairing.quadratic_overlap = True
-            pairing.num_threads = threads
-            if vocab_tree:
-                pairing.loop_detection = True
-                pairing.vocab_tree_path = str(vocab_tree)
-            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing, device=device)
-        else:
-            pairing = pycolmap.VocabTreePairingOptions()
-            pairing.vocab_tree_path = str(vocab_tree)
-            pairing.num_images = min(vocab_tree_num_images, n)
-            pairing.num_threads = threads
-            pycolmap.match_vocabtree(database, matching_options=matching, pairing_options=pairing, device=device)
-        timings["matching_s"] = time.perf_counter() - t0
-        stage("matching", "end")
-        with contextlib.closing(pycolmap.Database.open(database)) as db:
-            n_pairs = db.num_matched_image_pairs()
-            # num_verified_image_pairs() also counts pairs that failed verification
-            # (one row per pair tried); count the pairs with inliers instead.
-            _, inliers = db.read_two_view_geometry_num_inliers()
-            n_verified = sum(1 for k in inliers if k > 0)
-        log(
-            f"[sfm] matching ({matcher_used}): {n_pairs} image pairs matched, "
-            f"{n_verified} geometrically verified, {timings['matching_s']:.1f} s"
-        )
-
-        # 3. Mapping (incremental, or global: GLOMAP); keep the model with the most registered images.
+        # 3. Mapping (incremental, global: GLOMAP, or auto: global, else incremental);
+        # keep the model with the most registered images.
         stage("mapping", "start")
         t0 = time.perf_counter()
-        models_dir = work / "models"
-        models_dir.mkdir()
-        if mapper == "global":
-            options = pycolmap.GlobalPipelineOptions()
-            options.num_threads = threads
-            options.random_seed = seed
-            models = pycolmap.global_mapping(database, image_dir, models_dir, options)
-        else:
-            options = pycolmap.IncrementalPipelineOptions()
-            options.num_threads = threads
-            options.mapper.num_threads = threads
-            options.random_seed = seed
-            options.mapper.random_seed = seed
-            models = pycolmap.incremental_mapping(database, image_dir, models_dir, options)
+        ordered = True if matcher_used == "sequential" else None  # None: judged from the matches
+        attempts = []
+        mapper_reason = "requested"
+        for m in ("global", "incremental") if mapper == "auto" else (mapper,):
+            attempts.append(_map_attempt(m, database, image_dir, work / f"models_{m}", names, threads=threads,
+                                         seed=seed, ordered=ordered, log=log))
+            if mapper != "auto" or m == "incremental":
+                break
+            why = auto_fallback_reason(n, attempts[-1]["registered"], attempts[-1]["diag"])
+            if why is None:
+                mapper_reason = "auto: global mapping registered the photos and its diagnostics are clean"
+                break
+            mapper_reason = f"auto: global mapping {why}"
+            log(f"[sfm] mapper auto: global mapping {why}; trying incremental mapping on the same matches")
+        chosen = min(attempts, key=lambda a: (problem_count(n, a["registered"], a["diag"]), -a["registered"]))
+        if len(attempts) > 1:
+            tally = ", ".join(f"{a['mapper']} {problem_count(n, a['registered'], a['diag'])}" for a in attempts)
+            mapper_reason += f"; incremental tried, {chosen['mapper']} kept (photos unregistered or flagged: {tally})"
+            log(f"[sfm] mapper auto: keeping the {chosen['mapper']} model ({mapper_reason})")
         timings["mapping_s"] = time.perf_counter() - t0
         stage("mapping", "end")
-        counts = {int(k): int(rec.num_reg_images()) for k, rec in models.items()}
-        log(
-            f"[sfm] mapping: {len(models)} model(s) with {sorted(counts.values(), reverse=True)} "
-            f"registered images, {timings['mapping_s']:.1f} s"
-        )
+        models, counts = chosen["models"], chosen["counts"]
         timings["total_s"] = time.perf_counter() - t_start
 
         summary = {
@@ -644,20 +834,24 @@ def run_sfm(
             "model_sizes": sorted(counts.values(), reverse=True),
             "model_kept": None,
             "matcher": matcher_used,
-            "matcher_reason": matcher_reason,
-            "mapper": mapper,
-            "vocab_tree": str(vocab_tree) if uses_tree else None,
+            "matcher_reason": plan["matcher_reason"],
+            "mapper": chosen["mapper"],
+            "mapper_requested": mapper,
+            "mapper_reason": mapper_reason,
+            "mapper_attempts": [_attempt_record(a, n) for a in attempts],
+            "vocab_tree": str(vocab_tree) if plan["uses_tree"] else None,
             "vocab_tree_num_images": min(vocab_tree_num_images, n) if matcher_used == "vocab_tree" else None,
             "camera_model": camera_model,
             "single_camera": bool(single_camera),
             "max_image_size": max_image_size,
             "max_num_features": max_num_features,
-            "sift_first_octave": first_octave,
+            "sift_first_octave": plan["first_octave"],
             "threads": threads,
-            "gpu": use_gpu,
-            "keypoints": int(n_kp),
-            "matched_pairs": int(n_pairs),
-            "verified_pairs": int(n_verified),
+            "gpu": plan["use_gpu"],
+            "gpu_reason": plan["gpu_reason"],
+            "keypoints": feats["keypoints"],
+            "matched_pairs": feats["matched_pairs"],
+            "verified_pairs": feats["verified_pairs"],
             "pycolmap_version": pycolmap.__version__,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
@@ -671,10 +865,9 @@ def run_sfm(
             log(f"[sfm] summary: {summary}")
             raise SfMError(
                 f"structure from motion registered 0 of {n} images in {image_dir}: "
-                f"no initial image pair was found ({n_verified} verified pairs). {advice}"
+                f"no initial image pair was found ({feats['verified_pairs']} verified pairs). {advice}"
             )
-        kept = max(counts, key=lambda k: (counts[k], -k))
-        rec = models[kept]
+        kept, rec, diag = chosen["kept"], chosen["rec"], chosen["diag"]
         summary.update(summarize_reconstruction(rec, names))
         summary["model_kept"] = kept
         summary["registered_fraction"] = summary["registered"] / n
@@ -686,8 +879,6 @@ def run_sfm(
         )
         if summary["unregistered"]:
             log(f"[sfm] unregistered: {', '.join(summary['unregistered'])}")
-        ordered = True if matcher_used == "sequential" else None  # None: judged from the matches
-        diag = pose_checks.diagnose(rec, names, database=database, ordered=ordered)
         summary["diagnostics"] = diag
         log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
         if diag["warnings"]:

@@ -116,6 +116,114 @@ def test_gpu_true_without_cuda(tmp_path):
         sfm.run_sfm(tmp_path, tmp_path / "out", gpu=True)
 
 
+class _Stop(Exception):
+    """Raised by a stand-in pycolmap call once it has recorded its arguments."""
+
+
+def test_threads_reach_extraction_matching_and_mapping(tmp_path, monkeypatch):
+    """`threads` (the job's cores) reaches pycolmap's extraction, matching, pairing and mapping options."""
+    import pycolmap
+
+    images = _noise_images(tmp_path / "images", 4, seed=2)
+    seen = {}
+    real_extract = pycolmap.extract_features
+
+    def extract(*args, extraction_options, device, **kwargs):
+        seen["extraction"] = (extraction_options.num_threads, extraction_options.use_gpu, device)
+        return real_extract(*args, extraction_options=extraction_options, device=device, **kwargs)
+
+    def match_sequential(database, *, matching_options, pairing_options, device):
+        seen["matching"] = (matching_options.num_threads, matching_options.use_gpu, device)
+        seen["pairing"] = pairing_options.num_threads
+        raise _Stop
+
+    monkeypatch.setattr(pycolmap, "extract_features", extract)
+    monkeypatch.setattr(pycolmap, "match_sequential", match_sequential)
+    with pytest.raises(_Stop):
+        sfm.run_sfm(images, tmp_path / "out", matcher="sequential", threads=3, max_num_features=256, gpu=False,
+                    log=lambda msg: None)
+    assert seen == {"extraction": (3, False, pycolmap.Device.cpu), "matching": (3, False, pycolmap.Device.cpu),
+                    "pairing": 3}
+
+    def map_database(database, image_dir, models_dir, *, mapper, threads, seed):
+        seen["mapping"] = (mapper, threads)
+        raise _Stop
+
+    monkeypatch.setattr(pycolmap, "match_sequential", lambda *a, **k: None)
+    monkeypatch.setattr(sfm, "map_database", map_database)
+    with pytest.raises(_Stop):
+        sfm.run_sfm(images, tmp_path / "out", matcher="sequential", threads=5, max_num_features=256, gpu=False,
+                    mapper="global", log=lambda msg: None)
+    assert seen["mapping"] == ("global", 5) and seen["extraction"][0] == 5
+
+
+def test_gpu_sift_is_used_when_pycolmap_has_cuda_and_a_device(tmp_path, monkeypatch):
+    """gpu='auto' asks pycolmap for GPU extraction and matching on a CUDA build with a visible device, and says so."""
+    import pycolmap
+
+    images = _noise_images(tmp_path / "images", 3, seed=3)
+    seen, logs = {}, []
+
+    def extract(*args, extraction_options, device, **kwargs):
+        seen["extraction"] = (extraction_options.use_gpu, device)
+        raise _Stop
+
+    monkeypatch.setattr(pycolmap, "extract_features", extract)
+    monkeypatch.setattr(pycolmap, "has_cuda", True)
+    monkeypatch.setattr(sfm, "cuda_device_count", lambda: 2)
+    with pytest.raises(_Stop):
+        sfm.run_sfm(images, tmp_path / "out", max_num_features=256, log=logs.append)
+    assert seen["extraction"] == (True, pycolmap.Device.cuda)
+    assert any("SIFT on GPU (pycolmap CUDA build, 2 CUDA device(s)" in line for line in logs)
+    # A CUDA build on a node without a visible GPU: CPU with 'auto', an error with gpu=True.
+    monkeypatch.setattr(sfm, "cuda_device_count", lambda: 0)
+    logs.clear()
+    with pytest.raises(_Stop):
+        sfm.run_sfm(images, tmp_path / "out", max_num_features=256, log=logs.append)
+    assert seen["extraction"] == (False, pycolmap.Device.cpu)
+    assert any("SIFT on CPU (pycolmap has CUDA but no CUDA device is visible" in line for line in logs)
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        sfm.run_sfm(images, tmp_path / "out", gpu=True)
+    monkeypatch.setattr(pycolmap, "has_cuda", False)
+    assert sfm.resolve_gpu("auto") == (False, "pycolmap is a CPU-only build (pip install pycolmap-cuda12 for GPU SIFT)")
+
+
+def test_auto_fallback_reason():
+    clean = {"continuity": {"jumps": [], "suspect": []}, "cameras": [{"problem": None}], "weak": [], "flagged": []}
+    assert sfm.auto_fallback_reason(100, 100, clean) is None
+    assert sfm.auto_fallback_reason(100, 99, clean) is None  # 1 % tolerated
+    assert "2 of 100 photos unregistered" in sfm.auto_fallback_reason(100, 98, clean)
+    assert "unregistered" in sfm.auto_fallback_reason(40, 39, clean)  # below 100 photos nothing is tolerated
+    assert sfm.auto_fallback_reason(40, 0, None) == "found no model"
+    jumped = {**clean, "continuity": {"jumps": [{}], "suspect": ["007.jpg", "008.jpg"]}, "flagged": ["007.jpg"]}
+    assert "1 jump(s), 2 frame(s) suspect (007.jpg, 008.jpg)" in sfm.auto_fallback_reason(40, 40, jumped)
+    bad_camera = {**clean, "cameras": [{"problem": "fx / fy = 1.4"}]}
+    assert "implausible intrinsics (fx / fy = 1.4)" in sfm.auto_fallback_reason(40, 40, bad_camera)
+    weak = {**clean, "weak": ["a", "b"], "flagged": ["a", "b"]}
+    assert "2 weak" in sfm.auto_fallback_reason(100, 100, weak)
+    assert sfm.problem_count(100, 97, weak) == 5 and sfm.problem_count(100, 0, None) == 100
+
+
+def test_mappers_are_declared_once():
+    """sfm.MAPPERS is the one declaration: the config schema, config.yaml, run_sfm, steps.poses and the CLI follow it."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from nerflib import cli, steps
+
+    root = Path(__file__).resolve().parents[1]
+    entry = yaml.safe_load((root / "config" / "schemas" / "config.schema.yaml").read_text())["properties"]["sfm"][
+        "properties"]["mapper"]
+    assert tuple(entry["enum"]) == sfm.MAPPERS and "auto" in sfm.MAPPERS
+    default = inspect.signature(sfm.run_sfm).parameters["mapper"].default
+    assert entry["default"] == default == inspect.signature(steps.poses).parameters["mapper"].default
+    assert yaml.safe_load((root / "config" / "config.yaml").read_text())["sfm"]["mapper"] == default
+    args = cli.build_parser().parse_args(["poses", "photos", "out", "--mapper", "auto"])
+    assert args.mapper == "auto" and cli.build_parser().parse_args(["poses", "photos", "out"]).mapper == default
+
+
 def test_too_few_images(tmp_path):
     _noise_images(tmp_path / "images", 2)
     with pytest.raises(ValueError, match="holds 2 image"):
@@ -393,5 +501,48 @@ def test_global_mapper_on_synthetic_scene(synthetic_scene, tmp_path):
           f"of the radius, mapping {summary['timings']['mapping_s']:.1f} s")
     assert summary["mapper"] == "global" and summary["registered"] == summary["total"] == len(gt.names)
     assert rot_med < 0.5 and pos_med < 0.01
-    with pytest.raises(ValueError, match="unknown mapper 'glomap'; choose one of incremental, global"):
+    with pytest.raises(ValueError, match="unknown mapper 'glomap'; choose one of incremental, global, auto"):
         sfm.run_sfm(synthetic_scene / "images", tmp_path / "x", mapper="glomap")
+
+
+@pytest.mark.slow
+def test_auto_mapper_keeps_a_clean_global_model(synthetic_scene, tmp_path):
+    """mapper='auto' on the demo orbit: global mapping registers every view with clean diagnostics, no fallback."""
+    logs = []
+    summary = sfm.run_sfm(synthetic_scene / "images", tmp_path / "scene", threads=THREADS, max_num_features=1024,
+                          mapper="auto", log=logs.append)
+    assert summary["mapper"] == "global" and summary["mapper_requested"] == "auto"
+    assert summary["mapper_reason"].startswith("auto: global mapping registered the photos")
+    assert [a["mapper"] for a in summary["mapper_attempts"]] == ["global"]
+    assert summary["mapper_attempts"][0]["problems"] == 0 and summary["registered"] == summary["total"]
+    assert not any("trying incremental" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_auto_mapper_falls_back_to_incremental(synthetic_scene, tmp_path, monkeypatch):
+    """When global mapping leaves photos out, 'auto' maps the same matches incrementally, logs why, keeps the better."""
+    real = sfm.map_database
+
+    def global_loses_six(database, image_dir, models_dir, *, mapper, threads, seed):
+        models = real(database, image_dir, models_dir, mapper=mapper, threads=threads, seed=seed)
+        if mapper == "global":  # as if global mapping had failed to register six photos
+            rec = max(models.values(), key=lambda r: r.num_reg_images())
+            for image_id in sorted(rec.reg_image_ids())[:6]:
+                rec.deregister_frame(rec.images[image_id].frame_id)
+        return models
+
+    monkeypatch.setattr(sfm, "map_database", global_loses_six)
+    logs = []
+    summary = sfm.run_sfm(synthetic_scene / "images", tmp_path / "scene", threads=THREADS, max_num_features=1024,
+                          mapper="auto", log=logs.append)
+    print("\n".join(line for line in logs if "mapper" in line or "mapping" in line))
+    attempts = {a["mapper"]: a for a in summary["mapper_attempts"]}
+    assert list(attempts) == ["global", "incremental"]
+    assert attempts["global"]["registered"] == 34 and attempts["global"]["problems"] >= 6
+    assert summary["mapper"] == "incremental" and summary["registered"] == summary["total"] == 40
+    assert "6 of 40 photos unregistered" in summary["mapper_reason"] and "incremental kept" in summary["mapper_reason"]
+    assert any("mapper auto: global mapping left 6 of 40 photos unregistered" in line and "trying incremental" in line
+               for line in logs)
+    gt = scene_io.read_scene_json(synthetic_scene / "gt" / "scene.json")
+    err, _, _ = _pose_errors(tmp_path / "scene" / "sparse" / "0", synthetic_scene / "images", gt)
+    assert float(np.median(err["rotation_deg"])) < 0.5
