@@ -11,9 +11,12 @@ repository root. Tests that need one ask the `dataset` fixture for it:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["helpers.toymodel"]  # the `toy_model` session fixture
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "DNERF_DATA"
@@ -52,21 +55,6 @@ def dataset():
     return require_dataset
 
 
-def jax_cache_env(cache: str | os.PathLike) -> dict:
-    """Environment variables that make every JAX process of a workflow use the compilation cache `cache`.
-
-    DNERF_JAX_CACHE reaches the steps that call nerflib.train.enable_compilation_cache
-    (train, evaluate, render, localize); JAX_COMPILATION_CACHE_DIR, which
-    enable_compilation_cache keeps, any other JAX process too. A minimum compile time of 0 caches
-    the many small programs each job compiles (PRNG, sharding, metrics: about 5 s of every
-    job's start on 2 CPU cores) besides the training step and the render function. A cached
-    executable computes what a fresh compile does (test_kill_resume checks a resumed model
-    bitwise against one trained without interruption).
-    """
-    return {"DNERF_JAX_CACHE": str(cache), "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 _JAX_CACHE = pytest.StashKey[Path]()
 
 
@@ -74,6 +62,13 @@ def _session_jax_cache(config) -> Path:
     if _JAX_CACHE not in config.stash:
         config.stash[_JAX_CACHE] = config._tmp_path_factory.mktemp("jax_cache")
     return config.stash[_JAX_CACHE]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A temporary working directory with the repository's config/ (the workflow tests run Snakemake there)."""
+    shutil.copytree(REPO_ROOT / "config", tmp_path / "config")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -122,17 +117,18 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     config = item.config
     if config.stash.get(_DEMO_IN_BACKGROUND, False) and _DEMO not in config.stash and _group(item) == 1:
-        from test_workflow_run import DemoRun
+        from helpers.workflow import DemoRun
 
         config.stash[_DEMO] = DemoRun(config._tmp_path_factory, _session_jax_cache(config))
 
 
-def background_demo(config):
-    """The demo run started in the background (test_workflow_run.DemoRun), or None."""
-    return config.stash.get(_DEMO, None)
+@pytest.fixture(scope="session")
+def background_demo(request):
+    """The demo run started in the background (helpers.workflow.DemoRun), or None (then the test starts it)."""
+    return request.config.stash.get(_DEMO, None)
 
 
 def pytest_sessionfinish(session):
-    demo = background_demo(session.config)
+    demo = session.config.stash.get(_DEMO, None)
     if demo is not None:
         demo.stop()  # only if still running (the session stopped before test_workflow_run)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 import types
 
 import numpy as np
@@ -24,9 +23,8 @@ import pytest
 
 from nerflib import checkpoint, configs, datasets, images, parallel, pyramid, scene_io
 
-from imagetools import noise, write_encoded
-from test_images import _jpeg_with_orientation
-from test_workflow_config import HEADER, run_snakemake, workdir, write_sheet  # noqa: F401 (workdir: a fixture)
+from helpers.images import jpeg_with_orientation, noise, write_encoded
+from helpers.workflow import HEADER, run_snakemake, write_sheet
 
 
 def photos(folder, names=("a.png", "b.png", "c.png"), *, h=12, w=16):
@@ -424,7 +422,7 @@ def test_exif_rotated_jpeg_keeps_the_stored_layout_and_warns(tmp_path):
     photos(tmp_path, names=("a.png", "b.png"))
     rgb = np.zeros((6, 8, 3), np.uint8)
     rgb[:, :4] = 255  # left half white: stays on the left if the tag is ignored
-    _jpeg_with_orientation(tmp_path / "turned.jpg", rgb, 6)  # 6 = "rotate 90 CW" for viewers
+    jpeg_with_orientation(tmp_path / "turned.jpg", rgb, 6)  # 6 = "rotate 90 CW" for viewers
     loaded = images.load_image(tmp_path / "turned.jpg")
     assert loaded.shape == (6, 8, 3)
     assert loaded[:, :3].mean() > 0.9 and loaded[:, 5:].mean() < 0.1

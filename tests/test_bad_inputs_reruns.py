@@ -31,7 +31,7 @@ import yaml
 
 from nerflib import checkpoint, configs, datasets, fileio, images, localize, parallel, scene_io, sheet
 
-from imagetools import noise, write_encoded
+from helpers.images import noise, write_encoded
 
 REPO = Path(__file__).resolve().parents[1]
 

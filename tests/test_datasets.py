@@ -5,36 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.training import check_batch
 from nerflib import datasets
-
-
-def check_batch(ds: datasets.Dataset, batch) -> np.ndarray:
-    """Assert that every ray of `batch` goes through a pixel centre of image cam_idx and carries its colour.
-
-    Independent of the sampler: project the ray direction back with the
-    image's pose and pinhole intrinsics. Returns the cam_idx of each ray.
-    """
-    dirs = np.asarray(batch.rays.directions, np.float64)
-    origins = np.asarray(batch.rays.origins, np.float64)
-    idx = np.asarray(batch.rays.cam_idx)[:, 0]
-    rgb = np.asarray(batch.rgb)
-    assert idx.min() >= 0 and idx.max() < len(ds)
-    for r in range(len(idx)):
-        i = idx[r]
-        c2w = ds.c2w[i].astype(np.float64)
-        np.testing.assert_allclose(origins[r], c2w[:, 3], atol=1e-5)
-        d_cam = c2w[:, :3].T @ dirs[r]
-        fx, fy, cx, cy = ds.cameras[i].params
-        u = fx * d_cam[0] / d_cam[2] + cx - 0.5
-        v = fy * d_cam[1] / d_cam[2] + cy - 0.5
-        col, row = int(round(u)), int(round(v))
-        assert abs(u - col) < 1e-3 and abs(v - row) < 1e-3, (u, v)
-        np.testing.assert_allclose(d_cam[2], 1.0, atol=1e-5)  # directions have camera-frame z == 1
-        np.testing.assert_allclose(rgb[r], ds.image(i)[row, col] / 255.0, atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(batch.rays.viewdirs), axis=-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(batch.rays.near), ds.near)
-    np.testing.assert_allclose(np.asarray(batch.rays.far), ds.far)
-    return idx
 
 
 @pytest.fixture(scope="module")

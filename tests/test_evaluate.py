@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import toy_config  # noqa: E402
+from helpers.training import toy_config
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,8 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-from test_train import compile_cache, subprocess_env  # noqa: E402
-from surfaces import surface_distance  # noqa: E402
-from toymodel import toy_model  # noqa: E402, F401 (a fixture)
+from helpers.surfaces import surface_distance
+from helpers.training import compile_cache, subprocess_env
 
 # --------------------------------------------------------------------------- the demo's surfaces
 
@@ -187,7 +185,7 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, toy_model):
-    """The exports of the session's toy model (tests/toymodel.py), written by `nerf export` in a subprocess
+    """The exports of the session's toy model (tests/helpers/toymodel.py), written by `nerf export` in a subprocess
     (test_train's XLA flags), beside a copy of its scene (data/) and an independent render (by_hand.npz)."""
     out = tmp_path_factory.mktemp("export_runs")
     shutil.copytree(toy_model / "data", out / "data")

@@ -9,16 +9,9 @@ import pytest
 from nerflib import images
 
 
-from imagetools import noise as _noise
-from imagetools import write_encoded as _write
-
-
-def _jpeg_with_orientation(path, image_rgb, orientation: int):
-    from PIL import Image
-
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.fromarray(image_rgb).save(path, exif=exif.tobytes(), quality=95)
+from helpers.images import jpeg_with_orientation
+from helpers.images import noise as _noise
+from helpers.images import write_encoded as _write
 
 
 # ---------------------------------------------------------------- list_images
@@ -108,7 +101,7 @@ def test_check_images_too_few(tmp_path):
 
 def test_check_images_warns_about_exif_rotation(tmp_path):
     for i in range(3):
-        _jpeg_with_orientation(tmp_path / f"{i}.jpg", _noise(30, 40, seed=i), 6 if i == 1 else 1)
+        jpeg_with_orientation(tmp_path / f"{i}.jpg", _noise(30, 40, seed=i), 6 if i == 1 else 1)
     with pytest.warns(UserWarning, match=r"EXIF rotation tag \(1\.jpg\)"):
         sizes = images.check_images(tmp_path)
     assert sizes[1] == ("1.jpg", 40, 30)  # stored size, not rotated
@@ -194,7 +187,7 @@ def test_load_ignores_exif_orientation_like_colmap(tmp_path):
     import pycolmap
 
     rgb = _noise(30, 40)
-    _jpeg_with_orientation(tmp_path / "rot.jpg", rgb, 6)
+    jpeg_with_orientation(tmp_path / "rot.jpg", rgb, 6)
     x = images.load_image(tmp_path / "rot.jpg")
     bitmap = pycolmap.Bitmap.read(str(tmp_path / "rot.jpg"), True)
     assert x.shape == (30, 40, 3)

@@ -79,7 +79,7 @@ import yaml
 
 from nerflib import fileio
 
-from killharness import (  # the harness, split off by concern
+from helpers.killharness import (  # the harness, split off by concern
     CHECKPOINT_EVERY,
     CI_KILL_FRACTION,
     GAUNTLET,

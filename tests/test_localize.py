@@ -365,10 +365,8 @@ def _toy_field_and_queries(tmp_path, pick, *, prefix=""):
     Returns (scene.json path, the scene, the query folder).
     """
     import shutil
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_train import toy_config
+    from helpers.training import toy_config
 
     from nerflib import scene_io
 
@@ -479,10 +477,8 @@ def test_ground_truth_in_another_frame_perturbed_starts_and_errors_rule(tmp_path
 def test_sheet_localize_columns_are_checked(tmp_path):
     """query_gt without queries, and synthetic queries on a photo row, fail the dry run naming row and column."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_workflow_config import HEADER, REPO, dry_run, write_sheet
+    from helpers.workflow import HEADER, REPO, dry_run, write_sheet
 
     shutil.copytree(REPO / "config", tmp_path / "config")
     photos = tmp_path / "photos"

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-from test_train import compile_cache, subprocess_env, toy_config  # noqa: E402
+from helpers.training import check_batch, compile_cache, subprocess_env, toy_config
 
 from nerflib import parallel  # noqa: E402
 
@@ -45,7 +44,6 @@ def _driver4(out: Path, ref: Path) -> None:
     import jax
 
     from nerflib import checkpoint, datasets, train
-    from test_datasets import check_batch
 
     assert jax.device_count() == 4
     ds = _toy_train(out)

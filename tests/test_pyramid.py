@@ -14,8 +14,8 @@ from nerflib.images import read_raw
 from nerflib.types import Camera
 
 
-from imagetools import noise as _noise
-from imagetools import write_encoded as _write
+from helpers.images import noise as _noise
+from helpers.images import write_encoded as _write
 
 
 @pytest.mark.parametrize(

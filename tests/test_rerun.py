@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import jax_cache_env
+from helpers.workflow import jax_cache_env
 from nerflib import cameras, scene_io, synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import pytest
 from nerflib import checkpoint, configs, datasets, fileio, fingerprint, images, parallel, scene_io, sheet
 from nerflib import train as train_lib
 
-from imagetools import noise, write_encoded
+from helpers.images import noise, write_encoded
 
 # ------------------------------------------------------------------ fingerprints and training
 

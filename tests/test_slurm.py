@@ -45,10 +45,9 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.workflow import REDUCED, edit_config, jax_cache_env, output_files, reduced_workdir
+from helpers.workflow import snakemake as snakemake_local
 from nerflib import rigid, scene_io
-from conftest import jax_cache_env
-from test_workflow_config import edit_config, write_sheet
-from test_workflow_run import snakemake as snakemake_local
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +61,6 @@ PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontr
 RULES = ("synthetic_scene", "poses", "pyramid", "train", "evaluate", "render")  # at least these
 GPU_RULES = ("train", "evaluate", "render")  # gpu=1: set-resources of the profile, or the rule's own
 # A demo small enough for CI (about a minute per run on 2 cores) that SfM still registers every view.
-REDUCED = {
-    "synthetic.views": 24,
-    "synthetic.heldout": 0,
-    "synthetic.queries": 0,
-    "train.overrides": {"max_steps": 40, "batch_size": 256, "checkpoint_every": 20, "print_every": 10,
-                        "tb_every": 10},
-    "render": {"frames": 2, "fps": 2},
-}
 LOCAL_WITHOUT_JAX = ("results/demo/poses/scene.json", "results/demo/images_4")
 LOCAL_TARGETS = ("results/demo/model/final.json",)  # the local run stops after training
 LOCAL_SKIPS = {"eval", "evaluate", "render", "report", "report_figures"}  # folders only the SLURM run writes: results/demo/eval, logs/render, ...
@@ -229,19 +220,6 @@ def cluster(tmp_path_factory):
         cl.stop()
 
 
-def _reduced_workdir(tmp_path_factory, name: str) -> Path:
-    """The demo config, reduced; without localization (two XLA compiles, 40 s: test_workflow_run has it)."""
-    workdir = tmp_path_factory.mktemp(name)
-    shutil.copytree(REPO / "config", workdir / "config")
-    edit_config(workdir, **REDUCED)
-    header, *rows = (workdir / "config" / "datasets.tsv").read_text().splitlines()
-    columns = header.split("\t")
-    rows = ["\t".join("" if col.startswith("quer") else cell for col, cell in zip(columns, row.split("\t")))
-            for row in rows]
-    write_sheet(workdir, header, *rows)
-    return workdir
-
-
 def _slurm_snakemake(cluster, workdir, *args, env=None, timeout=RUN_TIMEOUT_S):
     """Snakemake with the real profile and the test overlay; status checks every 2 s (STEADY_STATUS_CHECKS)."""
     command = [sys.executable, str(STEADY_STATUS_CHECKS), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
@@ -291,8 +269,8 @@ def runs(cluster, tmp_path_factory, session_jax_cache):
     programs of evaluate and render are there from test_kill_resume already.
     """
     cache = jax_cache_env(session_jax_cache)  # shared with test_kill_resume's runs of the same config
-    slurm_dir = _reduced_workdir(tmp_path_factory, "through_slurm")
-    local_dir = _reduced_workdir(tmp_path_factory, "local")
+    slurm_dir = reduced_workdir(tmp_path_factory, "through_slurm")
+    local_dir = reduced_workdir(tmp_path_factory, "local")
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         local_first = pool.submit(snakemake_local, local_dir, *LOCAL_WITHOUT_JAX, timeout=RUN_TIMEOUT_S)
@@ -362,22 +340,11 @@ def test_profile_requests_reach_slurm(runs):
             assert job["Partition"] == per_rule["train"]["slurm_partition"], (rule, job)
 
 
-def _files(workdir: Path) -> set[str]:
-    """Every output file, with the names that differ from run to run (checkpoint shards, event files) cut."""
-    names = set()
-    for path in workdir.rglob("*"):
-        rel = path.relative_to(workdir).as_posix()
-        if path.is_dir() or rel.startswith((".snakemake/", "config/")):
-            continue
-        rel = re.sub(r"(/checkpoints/\d+)/.*", r"\1/...", rel)
-        names.add(re.sub(r"(/tb/events\.out\.tfevents)\..*", r"\1...", rel))
-    return names
-
-
 def test_same_files_as_a_local_run(runs):
-    only_slurm = {f for f in _files(runs["slurm"]) - _files(runs["local"]) if not LOCAL_SKIPS & set(f.split("/"))}
+    only_slurm = {f for f in output_files(runs["slurm"]) - output_files(runs["local"])
+                  if not LOCAL_SKIPS & set(f.split("/"))}
     assert not only_slurm
-    assert not _files(runs["local"]) - _files(runs["slurm"])
+    assert not output_files(runs["local"]) - output_files(runs["slurm"])
 
 
 def _differences(a: Path, b: Path) -> list[str]:
@@ -452,7 +419,7 @@ def test_training_spans_two_slurm_tasks(cluster, runs, tmp_path_factory):
 def test_preempted_training_resumes_through_retries(cluster, tmp_path_factory):
     """SIGTERM to a running training job (what preemption and time limits send): checkpoint, failed job,
     `retries: 1` of the profile resubmits it, the new job resumes from the checkpoint. About 3 minutes."""
-    workdir = _reduced_workdir(tmp_path_factory, "preempted")
+    workdir = reduced_workdir(tmp_path_factory, "preempted")
     steps = 600
     edit_config(workdir, **{"train.overrides": {**REDUCED["train.overrides"], "max_steps": steps,
                                                 "checkpoint_every": 100, "print_every": 50}})

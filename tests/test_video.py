@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-from test_train import compile_cache, subprocess_env, toy_config  # noqa: E402
+from helpers.training import compile_cache, subprocess_env, toy_config
 
 N_FRAMES = 6
 FPS = 24

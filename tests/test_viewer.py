@@ -1,6 +1,6 @@
 """The web viewer (nerflib/viewer.py) on a trained toy model, in headless Chromium.
 
-The toy model is tests/toymodel.py's (trained once per session, in a subprocess); the viewer runs in this process, in
+The toy model is tests/helpers/toymodel.py's (trained once per session, in a subprocess); the viewer runs in this process, in
 the background (its server and render threads), and a headless Chromium (tests/browser.py's
 set-up: Debian's chromium and chromium-driver) opens it: a frame arrives, changes when the camera
 is dragged, two keyframes are added and saved with the page's buttons, and the saved path file
@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-import browser  # noqa: E402
-from toymodel import toy_model  # noqa: E402, F401 (a fixture)
+from helpers import browser
 
 pytest.importorskip("viser")
 

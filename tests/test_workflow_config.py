@@ -1,53 +1,11 @@
 """The config and the sheet are validated before any job starts, with clear errors."""
 
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-HEADER = "scene\tsource\tcamera_model\tfactor\tpreset\tmatcher\tposes\tposes_format\trender_path\tqueries"
+from helpers.workflow import HEADER, REPO, SNAKEMAKE, dry_run, edit_config, write_sheet
 GOOD_ROW = "demo\tsynthetic\tPINHOLE\t2\ttiny\texhaustive\t\t\t\tsynthetic"
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    return tmp_path
-
-
-def run_snakemake(workdir, *args, cores=1):
-    """Snakemake on the repository's workflow in `workdir` (a completed process, output captured)."""
-    return subprocess.run(
-        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def dry_run(workdir, *extra):
-    return run_snakemake(workdir, "-n", *extra)
-
-
-def write_sheet(workdir, *lines):
-    (workdir / "config" / "datasets.tsv").write_text("\n".join(lines) + "\n")
-
-
-def edit_config(workdir, **changes):
-    path = workdir / "config" / "config.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    path.write_text(yaml.safe_dump(cfg))
 
 
 def test_default_config_dry_run_lists_the_jobs(workdir):

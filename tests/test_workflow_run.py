@@ -9,8 +9,6 @@ against the mean-colour baseline, and the localization of the query photos
 
 import csv
 import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,80 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import jax_cache_env
+from helpers.workflow import RENDER_FPS, RENDER_FRAMES, REPO, DemoRun, snakemake
 from nerflib import images, rigid, scene_io
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-RENDER_FRAMES, RENDER_FPS = 24, 12
 ALLOWED_TOP_LEVEL = {"config", "results", "logs", "resources", "benchmarks", ".snakemake"}
-DEMO_UMASK = 0o022  # the usual umask: every output must be readable by group and others
-
-
-def snakemake(workdir, *args, timeout=1800, env=None):
-    """`snakemake --cores 2` in workdir; env: variables added to this process's environment."""
-    return subprocess.run(
-        [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
-
-
-class DemoRun:
-    """The whole workflow on the demo, as one `snakemake --cores 2` process (its output in files beside workdir).
-
-    conftest.py starts it in the background once the session's other workflow runs are done
-    (pytest_runtest_setup), so that it trains while the suite's in-process tests run; the
-    `demo_run` fixture below then waits for it (or starts it itself, when this module runs alone).
-    """
-
-    def __init__(self, tmp_path_factory, cache: Path):
-        self.workdir = tmp_path_factory.mktemp("demo")
-        shutil.copytree(REPO / "config", self.workdir / "config")
-        cfg_path = self.workdir / "config" / "config.yaml"
-        cfg = yaml.safe_load(cfg_path.read_text())
-        cfg["render"] = {"frames": RENDER_FRAMES, "fps": RENDER_FPS}  # CI-sized video
-        # Localization from the ground truth moved by 10 degrees and 10 % of the radius (issue #8).
-        cfg["localize"] = {**cfg.get("localize", {}), "start": "perturbed", "perturb_rot_deg": 10.0,
-                           "perturb_radius_fraction": 0.1}
-        cfg["export"] = {"point_cloud": {"stride": 2}}  # a quarter of the pixels: ~20 s on 2 cores
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        sheet = self.workdir / "config" / "datasets.tsv"  # every row exports its point cloud (issue #25)
-        lines = sheet.read_text().splitlines()
-        sheet.write_text("\n".join([lines[0] + "\texport"] + [line + "\tply" if line.strip() and
-                                                                not line.startswith("#") else line
-                                                                for line in lines[1:]]) + "\n")
-        # Not in workdir: test_nothing_written_outside_the_output_folders lists its top level.
-        out = tmp_path_factory.mktemp("demo_output")
-        self.stdout, self.stderr = out / "stdout.txt", out / "stderr.txt"
-        # One compilation cache for all jobs: evaluate, render, localize and the report figures share programs.
-        env = {**os.environ, **jax_cache_env(cache)}
-        with self.stdout.open("w") as so, self.stderr.open("w") as se:
-            self.proc = subprocess.Popen(
-                [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(self.workdir), "--cores", "2"],
-                stdout=so, stderr=se, text=True, env=env, start_new_session=True, umask=DEMO_UMASK)
-
-    def wait(self, timeout: float = 1800) -> subprocess.CompletedProcess:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
-                                           self.stdout.read_text(errors="replace"),
-                                           self.stderr.read_text(errors="replace"))
-
-    def stop(self) -> None:
-        """Kill a run still going (the session ended first) with its jobs: it has its own session."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def demo_run(request, tmp_path_factory, session_jax_cache):
-    from conftest import background_demo
-
-    run = background_demo(request.config) or DemoRun(tmp_path_factory, session_jax_cache)
+def demo_run(background_demo, tmp_path_factory, session_jax_cache):
+    run = background_demo or DemoRun(tmp_path_factory, session_jax_cache)
     result = run.wait()
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return run.workdir
@@ -168,7 +101,7 @@ def test_demo_point_cloud_lies_on_the_scene_surfaces(demo_run):
     import plyfile
 
     from nerflib import synthetic
-    from surfaces import object_distance, surface_distance
+    from helpers.surfaces import object_distance, surface_distance
 
     est = scene_io.read_scene_json(demo_run / "results/demo/poses/scene.json")
     gt = scene_io.read_scene_json(demo_run / "resources/synthetic/demo/gt/scene.json")

@@ -18,11 +18,8 @@ import numpy as np
 import yaml
 
 from nerflib import fileio, rigid, scene_io
-from tbtools import tensorboard_steps
-from test_slurm import REDUCED, _files, _reduced_workdir
-from test_workflow_config import edit_config
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers.tbtools import tensorboard_steps
+from helpers.workflow import REDUCED, REPO, edit_config, output_files, reduced_workdir
 PROFILE = REPO / "profiles" / "local"
 SCENE = "demo"
 TARGETS = (f"results/{SCENE}/eval/metrics.tsv", f"results/{SCENE}/render/color.mp4")
@@ -422,7 +419,7 @@ class Timeline:
 
 
 def make_workdir(tmp_path_factory, name: str) -> Path:
-    workdir = _reduced_workdir(tmp_path_factory, name)
+    workdir = reduced_workdir(tmp_path_factory, name)
     edit_config(workdir, **{"train.overrides": OVERRIDES})
     return workdir
 
@@ -519,7 +516,7 @@ def compare_with_reference(run: Pass, ref: dict, tmp: Path, env: dict) -> list[s
     if tb != list(range(OVERRIDES["tb_every"], STEPS + 1, OVERRIDES["tb_every"])):
         problems.append(f"TensorBoard train/loss at steps {tb}")
     problems += [f"stray file {p}" for p in stray_files(work)]
-    only_run, only_ref = _files(work) - _files(base), _files(base) - _files(work)
+    only_run, only_ref = output_files(work) - output_files(base), output_files(base) - output_files(work)
     if only_run or only_ref:
         problems.append(f"files only after kills: {sorted(only_run)[:8]}; only in the reference: {sorted(only_ref)[:8]}")
     incomplete = work / ".snakemake" / "incomplete"

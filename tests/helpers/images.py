@@ -16,3 +16,12 @@ def noise(h, w, c=3, seed=0, dtype=np.uint8):
     rng = np.random.default_rng(seed)
     hi = 256 if dtype == np.uint8 else 65536
     return rng.integers(0, hi, size=(h, w, c) if c > 1 else (h, w)).astype(dtype)
+
+
+def jpeg_with_orientation(path, image_rgb, orientation: int):
+    """A JPEG of `image_rgb` tagged with EXIF `orientation` (6 = rotate 90 CW for viewers)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(image_rgb).save(path, exif=exif.tobytes(), quality=95)
