@@ -7,60 +7,29 @@ intervals of a ray in one sequence with zero-density gaps, then render / stepfun
 whole sequence) and models.NerfModel with the same parameters. Colour, opacity, depth,
 per-round weights, interlevel and distortion losses and the gradients of the total loss
 agree in float32.
+
+The numerical checks run in one subprocess (this file is its script) with XLA's CPU backend
+optimisations off (helpers.tiled.FAST_XLA): it compiles these graphs about 3x faster, and the checks
+compare two computations of the same build.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers.tiled import layout, noisy_params, random_rays, run_script, small_cfg
 from nerflib import losses, models, tiled
-from nerflib.types import Rays
 
-HASH = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("base_resolution", 4),
-        ("max_resolution", 64))
+HERE = Path(__file__).resolve()
 
 
-def small_cfg(**overrides) -> models.ModelConfig:
-    cfg = models.model_tiny(field="hashgrid", hashgrid_options=HASH, prop_hashgrid_options=HASH[:3] + (
-        ("base_resolution", 4), ("max_resolution", 16)), num_prop_samples=(12,), num_nerf_samples=8,
-        prop_net_depth=1, prop_net_width=16, nerf_net_depth=1, nerf_net_width=16, bottleneck_width=8,
-        net_width_viewdirs=16, opaque_background=False, near=0.05, far=50.0, density_bias=-3.0)
-    return dataclasses.replace(cfg, **overrides)
-
-
-def random_rays(seed, n=32, *, near=0.05, far=50.0) -> Rays:
-    rng = np.random.default_rng(seed)
-    o = rng.uniform(-0.8, 0.8, (n, 3)).astype(np.float32)
-    d = rng.normal(size=(n, 3)).astype(np.float32)
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    return Rays(origins=jnp.asarray(o), directions=jnp.asarray(d), viewdirs=jnp.asarray(d),
-                radii=jnp.full((n, 1), 2e-3, jnp.float32), near=jnp.full((n, 1), near, jnp.float32),
-                far=jnp.full((n, 1), far, jnp.float32), cam_idx=jnp.zeros((n, 1), jnp.int32))
-
-
-def noisy_params(model, seed):
-    """Initial params plus noise, so that densities and colours vary (a random, non-trivial field)."""
-
-    def make(key):
-        params = model.init(key)
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-        return jax.tree.unflatten(tree, [p + 0.4 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-    return jax.jit(make)(jax.random.PRNGKey(seed))
-
-
-def layout(k, seed=0):
-    pts = np.random.default_rng(seed).normal(size=(500, 3)) * [0.6, 0.5, 0.3]
-    return tiled.layout_from_points(pts, k)
-
-
-def test_tiled_render_equals_the_untiled_sequence_with_gradients():
+def check_tiled_render_equals_the_untiled_sequence_with_gradients():
     model = tiled.TiledModel(small_cfg(), layout(4))
     params = noisy_params(model, 3)
     rays = random_rays(1)
@@ -93,7 +62,7 @@ def test_tiled_render_equals_the_untiled_sequence_with_gradients():
     assert float(jnp.max(jnp.abs(grad["prop_field"]["hash_encoding"]["tables"]))) > 0  # interlevel reaches them
 
 
-def test_one_tile_is_the_plain_model():
+def check_one_tile_is_the_plain_model():
     cfg = small_cfg()
     model = tiled.TiledModel(cfg, tiled.whole_space_layout())
     params = noisy_params(model, 5)
@@ -131,3 +100,23 @@ def test_layout_and_unsupported_options():
     assert np.all(lay.c_lo >= -2) and np.all(lay.c_hi <= 2)
     with pytest.raises(ValueError, match="opaque_background"):
         tiled.TiledModel(small_cfg(opaque_background=True), lay)
+
+
+CHECKS = (check_tiled_render_equals_the_untiled_sequence_with_gradients, check_one_tile_is_the_plain_model)
+
+
+@functools.cache
+def _checks_run() -> subprocess.CompletedProcess:
+    return run_script(HERE)
+
+
+@pytest.mark.parametrize("check", [c.__name__ for c in CHECKS])
+def test_checks(check):
+    proc = _checks_run()
+    assert f"OK {check}" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+if __name__ == "__main__":
+    for fn in CHECKS:
+        fn()
+        print("OK", fn.__name__, flush=True)
