@@ -43,6 +43,9 @@ __all__ = [
     "lift_gaussian",
     "conical_frustum_to_gaussian",
     "cast_rays",
+    "MULTISAMPLE_COUNTS",
+    "multisample_frustum",
+    "contract_scale",
     "lift_and_diagonalize",
     "geodesic_basis",
 ]
@@ -264,6 +267,89 @@ def cast_rays(tdist, origins, directions, radii, *, diag: bool):
     """
     mean, cov = conical_frustum_to_gaussian(directions, tdist[..., :-1], tdist[..., 1:], radii, diag=diag)
     return mean + origins[..., None, :], cov
+
+
+# --------------------------------------------------------------------------
+# Cones -> multisamples (Zip-NeRF).
+# --------------------------------------------------------------------------
+
+MULTISAMPLE_COUNTS = (1, 6)  # the frustum's mean alone, or Zip-NeRF's hexagonal pattern
+
+# The hexagonal pattern: sample j sits at offset a_j standard deviations along the
+# axis and at angle theta_j around it. a_j = (2j/5 - 1) * sqrt(15/7) has mean 0 and
+# mean square 1; the angles pair the six sixths of the circle so that sum_j a_j cos
+# and sum_j a_j sin vanish, hence the six points' sample covariance has no cross term.
+_HEX_AXIAL = (2.0 * np.arange(6) / 5.0 - 1.0) * np.sqrt(15.0 / 7.0)
+_HEX_ANGLES = np.pi / 3.0 * np.array([0.0, 2.0, 4.0, 3.0, 5.0, 1.0])
+
+
+def _perpendicular_frame(directions):
+    """Two unit vectors u, v [..., 3] with u, v, directions mutually orthogonal."""
+    d = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
+    # Cross with the world axis least aligned with d (never parallel to it).
+    axis = jnp.eye(3, dtype=d.dtype)[jnp.argmin(jnp.abs(d), axis=-1)]
+    u = jnp.cross(d, axis)
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    return u, jnp.cross(d, u)
+
+
+def multisample_frustum(tdist, origins, directions, radii, *, count: int, std_scale: float, key=None):
+    """Zip-NeRF's multisamples of the n conical frusta delimited by `tdist` [..., n+1].
+
+    count 6: six points whose sample mean and (population) covariance equal
+    the mean and covariance of `cast_rays`' Gaussian of each frustum exactly:
+    t_mean + a_j sqrt(t_var) along the axis, and sqrt(2 r_var) from it at the
+    hexagonal angles theta_j (+ one random phase per interval when `key` is
+    given, as in training; the moments do not depend on it). count 1: the
+    Gaussian's mean alone.
+
+    Each point stands for an isotropic Gaussian of standard deviation
+    `std_scale * radii * t_j` (the cone's radius at its distance, scaled) for
+    the grid's level weights (`hashgrid.footprint_level_weights`).
+
+    Returns points [..., n, count, 3] (world space) and stds [..., n, count].
+    """
+    if count not in MULTISAMPLE_COUNTS:
+        raise ValueError(f"count must be one of {MULTISAMPLE_COUNTS}, got {count!r}")
+    if std_scale < 0:
+        raise ValueError(f"std_scale must be >= 0, got {std_scale!r}")
+    t0, t1 = tdist[..., :-1], tdist[..., 1:]
+    # The same moments as conical_frustum_to_gaussian (see there), per interval.
+    mu, hw = 0.5 * (t0 + t1), 0.5 * (t1 - t0)
+    mu2, hw2 = mu * mu, hw * hw
+    denom = jnp.maximum(_EPS, 3.0 * mu2 + hw2)
+    t_mean = mu + 2.0 * mu * hw2 / denom
+    if count == 1:
+        t = t_mean[..., None]  # [..., n, 1]
+        offsets = jnp.zeros(t.shape + (3,), t.dtype)
+    else:
+        t_var = hw2 / 3.0 - (4.0 / 15.0) * hw2 * hw2 * (12.0 * mu2 - hw2) / (denom * denom)
+        r_var = (mu2 / 4.0 + (5.0 / 12.0) * hw2 - (4.0 / 15.0) * hw2 * hw2 / denom) * radii**2
+        # t_var can round to a tiny negative number for very thin intervals.
+        t = t_mean[..., None] + jnp.sqrt(jnp.maximum(t_var, 0.0))[..., None] * jnp.asarray(_HEX_AXIAL, t_mean.dtype)
+        theta = jnp.asarray(_HEX_ANGLES, t_mean.dtype)
+        if key is not None:
+            theta = theta + jax.random.uniform(key, t_mean.shape + (1,), t_mean.dtype, 0.0, 2.0 * jnp.pi)
+        u, v = _perpendicular_frame(directions)  # [..., 3]
+        rho = jnp.sqrt(2.0 * jnp.maximum(r_var, 0.0))[..., None, None]  # [..., n, 1, 1]
+        offsets = rho * (jnp.cos(theta)[..., None] * u[..., None, None, :]
+                         + jnp.sin(theta)[..., None] * v[..., None, None, :])
+    points = origins[..., None, None, :] + directions[..., None, None, :] * t[..., None] + offsets
+    stds = std_scale * radii[..., None] * t
+    return points, stds
+
+
+def contract_scale(x):
+    """The isotropic scale |det J|^(1/3) of `contract` at x [..., 3] -> [...].
+
+    Inside the unit ball the contraction is the identity (1); outside, with
+    m = |x|, its Jacobian has eigenvalue 1/m^2 radially and (2m - 1)/m^2 twice
+    tangentially, so |det J|^(1/3) = (2m - 1)^(2/3) / m^2. A Gaussian of std s at x
+    becomes (isotropically approximated) one of std s * contract_scale(x).
+    """
+    # sqrt of a clamped square: no NaN gradient at x == 0 (localization differentiates positions).
+    m = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), 1.0))
+    return (2.0 * m - 1.0) ** (2.0 / 3.0) / (m * m)
 
 
 # --------------------------------------------------------------------------

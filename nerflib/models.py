@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nerflib import coord, render, stepfun
+from nerflib import coord, render, rigid, stepfun
 from nerflib import math as nmath
 from nerflib.types import Rays
 
@@ -131,6 +131,24 @@ class ModelConfig:
     # traffic of the small hash-grid MLPs); parameters, the density and colour heads stay float32.
     mlp_dtype: str = "float32"
     num_glo_features: int = 0  # per-image appearance (GLO) code length; 0 = off.
+    # Anti-aliasing of the hash grid (Zip-NeRF; field="hashgrid" only). 0: the grid reads each
+    # interval's mean as a point (instant-ngp). 1: the mean, with each grid level weighted by how
+    # much of the interval's footprint one of its cells holds (hashgrid.footprint_level_weights),
+    # so levels finer than the footprint fade out. 6: Zip-NeRF's hexagonal multisamples of the
+    # conical frustum (coord.multisample_frustum), level-weighted and averaged (6x the lookups).
+    # `multisamples` applies to the NeRF field, `prop_multisamples` to the proposal fields.
+    multisamples: int = 0
+    prop_multisamples: int = 0
+    multisample_std_scale: float = 0.35  # multisample std = this * cone radius at its distance.
+    # Camera refinement (ours; nerfstudio's SO3xR3 camera optimiser): a learned per-image
+    # rotation (axis-angle) and translation applied to training rays about the camera centre,
+    # c2w -> [R_d R | t + t_d]. Parameters are delta / pose_refine_scale (Adam's steps are about
+    # lr in parameter units, so this scales the pose learning rate). Regularised by
+    # pose_reg_rot * mean |rotation| + pose_reg_trans * mean |translation| (radians, world units).
+    refine_poses: bool = False
+    pose_refine_scale: float = 0.01
+    pose_reg_rot: float = 1e-3
+    pose_reg_trans: float = 1e-2
     # Keyword arguments for hashgrid.HashEncoding as (name, value) pairs; used
     # only with field="hashgrid".
     hashgrid_options: tuple[tuple[str, Any], ...] = ()
@@ -203,6 +221,15 @@ class ModelConfig:
         need(self.prop_sparsity_mult >= 0, "prop_sparsity_mult must be >= 0", self.prop_sparsity_mult)
         need(self.skip_threshold >= 0, "skip_threshold must be >= 0 (0 = off)", self.skip_threshold)
         need(0 < self.sample_budget <= 1, "sample_budget must be in (0, 1]", self.sample_budget)
+        for name in ("multisamples", "prop_multisamples"):
+            need(getattr(self, name) in (0, *coord.MULTISAMPLE_COUNTS),
+                 f"{name} must be 0 (off) or one of {coord.MULTISAMPLE_COUNTS}", getattr(self, name))
+            need(getattr(self, name) == 0 or self.field == "hashgrid", f"{name} needs field='hashgrid'",
+                 getattr(self, name))
+        need(self.multisample_std_scale >= 0, "multisample_std_scale must be >= 0", self.multisample_std_scale)
+        need(self.pose_refine_scale > 0, "pose_refine_scale must be > 0", self.pose_refine_scale)
+        need(self.pose_reg_rot >= 0 and self.pose_reg_trans >= 0, "pose_reg_rot and pose_reg_trans must be >= 0",
+             (self.pose_reg_rot, self.pose_reg_trans))
         need(hasattr(jax.nn.initializers, self.weight_init), "weight_init must name a jax.nn.initializers function",
              self.weight_init)
 
@@ -279,13 +306,25 @@ class Field(nn.Module):
     net_width: int
     predict_rgb: bool
 
+    @property
+    def multisamples(self) -> int:
+        """Multisamples per interval this field reads (0: plain points), see ModelConfig."""
+        return self.cfg.multisamples if self.predict_rgb else self.cfg.prop_multisamples
+
     def _position_features(self, means, covs, hash_encoding):
         cfg = self.cfg
         if hash_encoding is not None:
-            x = coord.contract(means) if cfg.contraction == "mipnerf360" else means
-            # Ball of radius 2 -> [0, 1]^3 (uncontracted scenes should already
-            # be scaled into [-2, 2]^3).
-            return hash_encoding((x + 2.0) / 4.0)
+            contracted = cfg.contraction == "mipnerf360"
+            x = coord.contract(means) if contracted else means
+            if not self.multisamples:
+                # Ball of radius 2 -> [0, 1]^3 (uncontracted scenes should already
+                # be scaled into [-2, 2]^3).
+                return hash_encoding((x + 2.0) / 4.0)
+            # means [..., k, 3] multisamples, covs [..., k] their stds (world units): the
+            # contraction scales a std by contract_scale, the map to [0, 1]^3 by 1/4.
+            stds = covs * coord.contract_scale(means) if contracted else covs
+            level_weights = hash_encoding.footprint_weights(jax.lax.stop_gradient(stds) / 4.0)
+            return jnp.mean(hash_encoding((x + 2.0) / 4.0, level_weights=level_weights), axis=-2)
         if cfg.contraction == "mipnerf360":
             means, covs = coord.track_linearize(coord.contract, means, covs)
         basis = jnp.asarray(coord.geodesic_basis(cfg.basis_shape, cfg.basis_subdivisions), means.dtype)
@@ -295,6 +334,9 @@ class Field(nn.Module):
     @nn.compact
     def __call__(self, means, covs, viewdirs=None, glo_vec=None):
         """means [..., n, 3], covs [..., n, 3, 3], viewdirs [..., 3], glo_vec [..., G].
+
+        With multisampling (`self.multisamples` > 0), means are [..., n, k, 3] and
+        covs the multisamples' stds [..., n, k] (coord.multisample_frustum).
 
         Returns (density [..., n], rgb [..., n, 3] or None).
         """
@@ -491,6 +533,18 @@ class NerfModel(nn.Module):
                 for i in range(num_prop)
             ]
 
+        if cfg.refine_poses:
+            # Created at init (rng None) too, so checkpoints always hold them; applied in training only.
+            # pose_precondition is set once from the cameras (train.init_state, pose_preconditioner)
+            # and never trained: its gradient is stopped, so Adam's update of it is exactly 0.
+            theta = self.param("pose_delta", nn.initializers.zeros, (self.num_images, 6), jnp.float32)
+            precond = self.param("pose_precondition", lambda key, shape: jnp.broadcast_to(jnp.eye(6), shape),
+                                 (self.num_images, 6, 6))
+            if rng is not None:
+                cam_idx = jnp.asarray(rays.cam_idx, jnp.int32)[..., 0]
+                delta = pose_delta_of(theta[cam_idx], jax.lax.stop_gradient(precond)[cam_idx], cfg)
+                origins, directions, viewdirs = apply_pose_delta(delta, origins, directions, viewdirs)
+
         glo_vec = None
         if cfg.num_glo_features > 0:
             if zero_glo:
@@ -536,7 +590,14 @@ class NerfModel(nn.Module):
                 sdist = jax.lax.stop_gradient(sdist)
             tdist = s_to_t(sdist)
 
-            means, covs = coord.cast_rays(tdist, origins, directions, radii, diag=False)
+            count = (cfg.prop_multisamples if is_prop else cfg.multisamples) if cfg.field == "hashgrid" else 0
+            if count:
+                key, rng = _split(rng)
+                # covs: the multisamples' stds [..., n, k] (what Field reads with multisampling).
+                means, covs = coord.multisample_frustum(tdist, origins, directions, radii, count=count,
+                                                        std_scale=cfg.multisample_std_scale, key=key)
+            else:
+                means, covs = coord.cast_rays(tdist, origins, directions, radii, diag=False)
             if cfg.disable_integration:
                 covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE.
             if is_prop:
@@ -545,7 +606,7 @@ class NerfModel(nn.Module):
                     density = _grad_on_every(every, prop_fields[level], means, covs)[0]
                 else:
                     density = prop_fields[level](means, covs)[0]
-                rgb = jnp.zeros(means.shape, means.dtype)  # proposals carry no colour.
+                rgb = jnp.zeros(density.shape + (3,), density.dtype)  # proposals carry no colour.
             elif cfg.skip_threshold > 0 and level > 0:
                 bound = stepfun.outer_measure(jax.lax.stop_gradient(sdist), *envelope)
                 density, rgb, live, fits = _skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec,
@@ -565,6 +626,85 @@ class NerfModel(nn.Module):
             ray_history[-1]["live"] = live  # the final samples the NeRF field was evaluated on
             ray_history[-1]["fits"] = fits  # the rays rendered in full (the others: out of the loss)
         return renderings, ray_history
+
+
+def apply_pose_delta(delta, origins, directions, viewdirs):
+    """Rays of the cameras c2w -> [R_d R | t + t_d], delta [..., 6] = (axis-angle of R_d, t_d).
+
+    Rotating about the camera centre turns a ray (o, d) into (o + t_d, R_d d).
+    """
+    R = rigid.exp_so3(delta[..., :3])
+    turn = lambda v: jnp.einsum("...ij,...j->...i", R, v)  # noqa: E731
+    return origins + delta[..., 3:], turn(directions), turn(viewdirs)
+
+
+def pose_delta_of(theta, precond, cfg: ModelConfig):
+    """Pose deltas [..., 6] from the parameters theta [..., 6] and preconditioners [..., 6, 6]."""
+    return jnp.einsum("...ij,...j->...i", precond, theta) * cfg.pose_refine_scale
+
+
+def pose_deltas(params, cfg: ModelConfig):
+    """The learned per-image pose deltas [num_images, 6] (axis-angle, translation), or None."""
+    if not cfg.refine_poses or "pose_delta" not in params:
+        return None
+    return pose_delta_of(params["pose_delta"], params["pose_precondition"], cfg)
+
+
+def pose_preconditioner(c2w, *, num_points: int = 256, seed: int = 0, damping: float = 1e-4):
+    """Per-camera preconditioners P [N, 6, 6] of the pose deltas (CamP, Park et al. 2023).
+
+    A rotation about an axis across the view and a sideways translation move the image of
+    a scene at a distance almost alike: in the raw deltas the loss is a long narrow valley
+    that Adam crawls along. With delta = P theta, P = (J^T J + damping tr/6)^(-1/2), where J
+    [num_points * 2, 6] is the Jacobian of the normalized image coordinates (x/z, y/z) of
+    points in front of the camera with respect to the delta, a unit step of theta in any
+    direction moves the points' images by about one unit RMS: the valley becomes round.
+    The points lie along random directions within 45 degrees of the optical axis, at
+    depths 0.5-1.5 times the camera's distance to the origin (the scene's centre after
+    normalization). c2w: [N, 3, 4] float (camera frame: x right, y down, z forward).
+    """
+    c2w = np.asarray(c2w, np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(c2w)
+    xy = rng.uniform(-1.0, 1.0, size=(n, num_points, 2))
+    depth = np.linalg.norm(c2w[:, :, 3], axis=-1)[:, None] * rng.uniform(0.5, 1.5, size=(n, num_points))
+    depth = np.maximum(depth, 1e-3)
+    cam_pts = np.concatenate([xy, np.ones((n, num_points, 1))], -1) * depth[..., None]
+    world = np.einsum("nij,nkj->nki", c2w[:, :, :3], cam_pts) + c2w[:, None, :, 3]
+
+    def project(delta, R, t, X):  # the points' normalized coordinates in the camera c2w + delta
+        Rn = rigid.exp_so3(delta[:3]) @ R
+        p = (X - t - delta[3:]) @ Rn  # rows: R_n^T (X - t')
+        return (p[:, :2] / p[:, 2:]).reshape(-1)
+
+    jac = jax.vmap(jax.jacfwd(project), in_axes=(None, 0, 0, 0))(
+        jnp.zeros(6, jnp.float32), jnp.asarray(c2w[:, :, :3], jnp.float32), jnp.asarray(c2w[:, :, 3], jnp.float32),
+        jnp.asarray(world, jnp.float32))
+    jac = np.asarray(jac, np.float64) / np.sqrt(num_points)  # [N, 2K, 6]; J^T J = mean over points
+    m = np.einsum("nki,nkj->nij", jac, jac)
+    m += damping * np.trace(m, axis1=1, axis2=2)[:, None, None] / 6 * np.eye(6)
+    w, v = np.linalg.eigh(m)
+    return np.einsum("nij,nj,nkj->nik", v, 1.0 / np.sqrt(np.maximum(w, 1e-30)), v).astype(np.float32)
+
+
+def refined_c2w(c2w, delta):
+    """c2w [N, 3, 4] corrected by delta [N, 6] as in apply_pose_delta (numpy float64)."""
+    c2w = np.asarray(c2w, np.float64)
+    R_d = rigid.exp_so3(np.asarray(delta, np.float64)[:, :3])
+    out = c2w.copy()
+    out[:, :, :3] = R_d @ c2w[:, :, :3]
+    out[:, :, 3] = c2w[:, :, 3] + np.asarray(delta, np.float64)[:, 3:]
+    return out
+
+
+def pose_regularizer(params, cfg: ModelConfig):
+    """pose_reg_rot * mean |rotation| + pose_reg_trans * mean |translation| of the deltas (0 when off)."""
+    delta = pose_deltas(params, cfg)
+    if delta is None:
+        return jnp.float32(0.0)
+    # sqrt(x + eps): a finite gradient at the all-zero start.
+    norm = lambda v: jnp.sqrt(jnp.sum(v * v, axis=-1) + 1e-12)  # noqa: E731
+    return cfg.pose_reg_rot * jnp.mean(norm(delta[:, :3])) + cfg.pose_reg_trans * jnp.mean(norm(delta[:, 3:]))
 
 
 def background_rgb(background: str, key, batch_shape: tuple[int, ...]):

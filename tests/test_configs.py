@@ -130,5 +130,6 @@ def test_preset_names_are_declared_once_and_the_schemas_follow():
     sheet_enum = yaml.safe_load((schemas / "datasets.schema.yaml").read_text())["properties"]["preset"]["enum"]
     assert tuple(config_enum) == configs.PRESET_CHOICES
     assert tuple(sheet_enum) == ("", *configs.PRESET_CHOICES)
-    assert configs.PRESETS == ("mipnerf360", "tiny", "fast") and configs.GPU_PRESETS == ("mipnerf360", "fast")
+    assert configs.PRESETS == ("mipnerf360", "tiny", "fast", "quality")
+    assert configs.GPU_PRESETS == ("mipnerf360", "fast", "quality")
     assert configs.AUTO_GPU_PRESET in configs.GPU_PRESETS and not configs.needs_gpu(configs.AUTO_CPU_PRESET)

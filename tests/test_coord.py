@@ -216,3 +216,72 @@ def test_geodesic_basis(subdivisions, count):
     np.testing.assert_array_equal(coord.geodesic_basis("axes"), np.eye(3))
     with pytest.raises(ValueError, match="cube"):
         coord.geodesic_basis("cube")
+
+
+# ---------------------------------------------------------------- multisamples (Zip-NeRF)
+
+
+@pytest.mark.parametrize("t0,t1,radius", [(1.0, 1.5, 0.05), (0.2, 3.0, 0.2), (10.0, 10.1, 0.01)])
+def test_multisamples_have_the_frustums_moments(t0, t1, radius):
+    """The six points' mean and population covariance are the frustum's (Monte Carlo, independent)."""
+    rng = np.random.default_rng(5)
+    origin = np.array([0.3, -0.2, 0.5])
+    d = np.array([0.4, -0.3, 1.0])
+    pts = sample_frustum(rng, 400_000, origin, d, radius, t0, t1)
+    mc_mean, mc_cov = pts.mean(0), np.cov(pts.T)
+    args = (jnp.array([[t0, t1]], jnp.float32), jnp.asarray(origin[None], jnp.float32),
+            jnp.asarray(d[None], jnp.float32), jnp.array([[radius]], jnp.float32))
+    for key in (None, jax.random.PRNGKey(7)):  # a random phase of the pattern keeps the moments
+        points, stds = coord.multisample_frustum(*args, count=6, std_scale=0.5, key=key)
+        p = np.asarray(points, np.float64)[0, 0]  # [6, 3]
+        assert p.shape == (6, 3) and np.asarray(stds).shape == (1, 1, 6)
+        cov = (p - p.mean(0)).T @ (p - p.mean(0)) / 6
+        sd = np.sqrt(np.diag(mc_cov))
+        np.testing.assert_allclose(p.mean(0), mc_mean, atol=4 * sd.max() / np.sqrt(400_000) + 1e-5 * np.abs(mc_mean).max())
+        np.testing.assert_allclose(cov, mc_cov, rtol=0.02, atol=0.02 * np.abs(mc_cov).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(np.float64, (4, 3), elements=st.floats(-2, 2)),
+    hnp.arrays(np.float64, (4, 3), elements=st.floats(-1, 1)),
+    hnp.arrays(np.float64, (4, 6), elements=st.floats(0.05, 20.0)),
+    st.floats(1e-3, 0.1),
+)
+def test_multisamples_match_cast_rays_for_any_frustum(origins, dirs, t, radius):
+    dirs = dirs + np.array([0.0, 0.0, 1.5])  # keep directions away from zero
+    tdist = np.sort(t, axis=-1)
+    args = (jnp.asarray(tdist, jnp.float32), jnp.asarray(origins, jnp.float32), jnp.asarray(dirs, jnp.float32),
+            jnp.full((4, 1), radius, jnp.float32))
+    mean, cov = (np.asarray(a, np.float64) for a in coord.cast_rays(*args, diag=False))
+    points, stds = coord.multisample_frustum(*args, count=6, std_scale=0.35, key=jax.random.PRNGKey(1))
+    p = np.asarray(points, np.float64)
+    dev = p - p.mean(-2, keepdims=True)
+    scale = np.abs(cov).max(axis=(-1, -2), keepdims=True)
+    np.testing.assert_allclose(p.mean(-2), mean, atol=2e-5 * (1 + np.abs(mean).max()))
+    # float32 points: each coordinate is off by ~eps * |p|, so the covariance by ~eps * |p| * its std.
+    tol = 2e-4 * scale + 1e-6 * (1 + np.abs(p).max(axis=(-1, -2))[..., None, None]) * np.sqrt(scale)
+    assert np.all(np.abs(np.einsum("...ki,...kj->...ij", dev, dev) / 6 - cov) <= tol)
+    # Each point's std is the cone's radius at its distance (along the axis) times std_scale.
+    t_axis = np.einsum("...ki,...i->...k", p - origins[:, None, None], dirs[:, None]) / np.sum(dirs**2, -1)[:, None, None]
+    np.testing.assert_allclose(np.asarray(stds), 0.35 * radius * t_axis, rtol=1e-4, atol=1e-6)
+    one, one_std = coord.multisample_frustum(*args, count=1, std_scale=0.35)
+    np.testing.assert_allclose(np.asarray(one)[..., 0, :], mean, rtol=1e-5, atol=1e-5)
+    assert np.asarray(one_std).shape == (4, 5, 1)
+
+
+def test_multisample_frustum_rejects_bad_arguments():
+    args = (jnp.ones((1, 3)), jnp.zeros((1, 3)), jnp.ones((1, 3)), jnp.ones((1, 1)))
+    with pytest.raises(ValueError, match="count"):
+        coord.multisample_frustum(*args, count=4, std_scale=0.5)
+    with pytest.raises(ValueError, match="std_scale"):
+        coord.multisample_frustum(*args, count=6, std_scale=-1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(hnp.arrays(np.float64, (3,), elements=st.floats(-50, 50)))
+def test_contract_scale_is_the_cube_root_of_the_jacobian_determinant(x):
+    jac = jax.jacfwd(coord.contract)(jnp.asarray(x, jnp.float64) if jax.config.jax_enable_x64 else jnp.asarray(x))
+    want = abs(np.linalg.det(np.asarray(jac, np.float64))) ** (1 / 3)
+    assert float(coord.contract_scale(jnp.asarray(x, jnp.float32))) == pytest.approx(want, rel=2e-4, abs=1e-6)
+    assert np.isfinite(np.asarray(jax.grad(lambda y: coord.contract_scale(y))(jnp.zeros(3)))).all()
