@@ -25,8 +25,14 @@ diagnostics run_sfm writes (pose_checks.diagnose).
 Results: a JSON file (--json, default OUT/sfm_scale_<tag>.json) and a table.
 Needs pycolmap, numpy, opencv and jax (CPU is enough); no snakemake.
 
-    python bench/sfm_scale.py /tmp/scale --synthetic 1000 --threads 16 --cap-seconds global=240 incremental=120
-    python bench/sfm_scale.py /tmp/scale --photos PHOTOS --matcher sequential --threads 16 --save-scene SCENE
+    python bench/sfm_scale.py /tmp/scale --synthetic 1000 --matcher sequential --threads 16 \
+        --cap-seconds incremental=120 --total-seconds 320
+    python bench/sfm_scale.py /tmp/scale --photos .bench_data/bonsai/images --matcher sequential \
+        --threads 16 --total-seconds 200 --save-scene .bench_data/bonsai
+
+Measured on 2 busy cores (pycolmap 4.2.1 CPU): 200 frames, sequential
+matching: extraction 34 s, matching 61 s, global mapping 244 s (200/200,
+median rotation error 0.072 deg), incremental capped at 60 s.
 """
 
 from __future__ import annotations
@@ -274,7 +280,7 @@ def _table(report: dict) -> str:
         g = report["generation"]
         lines.append(f"generation: {g['seconds']} s{' (reused)' if g['reused'] else ''} on {g.get('workers', '-')} "
                      "processes")
-    head = f"{'mapper':<12} {'mapping':>10} {'registered':>16} {'rot med':>9} {'rot max':>9} {'pos med':>9} flags"
+    head = f"{'mapper':<12} {'mapping':>10} {'registered':>16}{'rot med':>9}{'rot max':>9}{'pos med':>9} flags"
     lines.append(head + ("  (errors against ground truth: deg, % of radius)" if report["mode"] == "synthetic" else ""))
     for m, r in report["mappers"].items():
         if r.get("status") != "ok":
@@ -282,9 +288,9 @@ def _table(report: dict) -> str:
             continue
         acc = r.get("accuracy", {})
         reg = f"{r['registered']}/{report['photos']} {100 * r['registered'] / report['photos']:.1f}%"
-        lines.append(f"{m:<12} {r['mapping_s']:>8.1f} s {reg:>16} {acc.get('median_rot_deg', float('nan')):>9.3f} "
-                     f"{acc.get('max_rot_deg', float('nan')):>9.2f} {acc.get('median_pos_pct', float('nan')):>9.3f} "
-                     f"{len(r['flagged'])} flagged, {r['jumps']} jumps")
+        errs = "".join(f"{acc[k]:>9.{d}f}" if k in acc else f"{'-':>9}"
+                       for k, d in (("median_rot_deg", 3), ("max_rot_deg", 2), ("median_pos_pct", 3)))
+        lines.append(f"{m:<12} {r['mapping_s']:>8.1f} s {reg:>16}{errs} {len(r['flagged'])} flagged, {r['jumps']} jumps")
     if "agreement" in report:
         a = report["agreement"]
         lines.append(f"incremental against global after a similarity alignment: {a.get('common')} common photos, "
