@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from nerflib import configs, localize_step, pyramid, scene_io, settings
+from nerflib import configs, localize, pyramid, scene_io, settings
 from nerflib.layout import SceneLayout
 from nerflib.sfm import MAPPERS, MATCHERS
 from nerflib.types import CAMERA_MODELS
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "else the features are extracted again)")
     p.add_argument("--gt-poses", default="", help="ground-truth poses of the photos -> errors.tsv")
     p.add_argument("--gt-reference", default="", help="training poses in the ground truth's frame (to align it)")
-    settings.add_arguments(p, localize_step.workflow_settings())
+    settings.add_arguments(p, localize.workflow_settings())
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="another nerflib.localize.Options field, e.g. --set refine_focal=true (repeatable)")
     return parser
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                            out_dir=args.out_dir, query_poses=args.query_poses, gt_poses=args.gt_poses,
                            gt_reference=args.gt_reference, sparse_dir=args.sparse, database=database,
                            options=_overrides(args.overrides),
-                           **settings.values(args, localize_step.workflow_settings()))
+                           **settings.values(args, localize.workflow_settings()))
     return 0
 
 

@@ -189,29 +189,29 @@ def localize(scene_json, images, *, model_dir, queries, out_dir, query_poses="",
              sparse_dir="", database="", write_errors=True, options=None, **settings) -> dict:
     """Poses of the photos in `queries` against the trained field: out_dir/poses.json, views/ (and errors.tsv).
 
-    settings: localize_step.workflow_settings() (start, perturb_rot_deg, perturb_radius_fraction,
+    settings: localize.workflow_settings() (start, perturb_rot_deg, perturb_radius_fraction,
     iters, restarts, n_pixels, n_eval; each defaults to its declaration), `options` any other
     nerflib.localize.Options field. With gt_poses (and write_errors) also errors.tsv;
     start='perturbed' is the evaluation mode that starts from the ground truth moved by
-    perturb_rot_deg / perturb_radius_fraction (localize_step docstring).
+    perturb_rot_deg / perturb_radius_fraction (nerflib.localize.step).
     """
     from nerflib import images as images_mod
-    from nerflib import localize_step
+    from nerflib import localize as localize_mod
 
     images_mod.check_images(queries, min_images=1)  # a truncated photo or a decompression bomb fails here, named
     _start_jax_step(out_dir, subfolders=("views",))
-    return localize_step.localize_step(
+    return localize_mod.localize_step(
         model_dir, scene_json, queries, out_dir, images=images, query_poses=query_poses or None,
         gt_poses=gt_poses or None, gt_reference=gt_reference or None, sparse_dir=sparse_dir or None,
         database=database or None, write_errors=write_errors, progress=False,
-        **localize_step.step_settings(settings, options))
+        **localize_mod.step_settings(settings, options))
 
 
 def localize_errors(poses_json, scene_json, *, model_dir, out, gt_poses, gt_reference="") -> dict:
     """errors.tsv of a finished localization (poses.json) against ground-truth poses."""
-    from nerflib import localize_step
+    from nerflib import localize as localize_mod
 
-    return localize_step.localize_errors(poses_json, scene_json, model_dir, gt_poses, out,
+    return localize_mod.localize_errors(poses_json, scene_json, model_dir, gt_poses, out,
                                          gt_reference=gt_reference or None)
 
 

@@ -5,7 +5,7 @@ Most tests use `AnalyticField`, a closed-form stand-in for a trained field
 jnp): it has the model's `apply` signature, renders in microseconds and is
 exact, so convergence failures are the optimizer's, not the field's. One
 test (marked slow) trains the `tiny` preset on the demo scene and
-localizes its query photos with `localize_step`.
+localizes its query photos with `localize.localize_step`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from nerflib import cameras as cam_lib
-from nerflib import localize, localize_step, rigid
+from nerflib import localize, rigid
+from nerflib.localize import optimize
 from nerflib.types import Camera
 
 NEAR, FAR = 0.05, 20.0
@@ -196,8 +197,8 @@ def test_loss_gradient_matches_finite_differences():
     c2w0 = localize.perturb_pose(c2w_true, np.random.default_rng(2), rot_deg=3.0, trans=0.03)
     image = render(field, cam, c2w_true)
     opts = localize.Options(n_pixels=64, coarse_to_fine=(1,), loss="cauchy", refine_focal=True)
-    lv = localize._build_level([image], [cam], "PINHOLE", 1, 1, opts, np.random.default_rng(0), (24, 32))
-    loss = localize._make_loss(field, "PINHOLE", opts, near=NEAR, far=FAR)
+    lv = optimize._build_level([image], [cam], "PINHOLE", 1, 1, opts, np.random.default_rng(0), (24, 32))
+    loss = optimize._make_loss(field, "PINHOLE", opts, near=NEAR, far=FAR)
     key = jax.random.PRNGKey(3)  # fixed pixels: the loss is a deterministic function of var
     c2w0_j = jnp.asarray(c2w0, jnp.float32)
     f = jax.jit(jax.value_and_grad(lambda v: loss({}, v, c2w0_j, 0, key, lv)))  # one compilation for both
@@ -244,7 +245,7 @@ def test_nearest_view_retrieval():
     orbit = [look_at([math.cos(a), math.sin(a), 0.35], [0, 0, 0]) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
     refs = [render(field, cam, c) for c in orbit]
     q = render(field, cam, look_at([1.05 * math.cos(1.1), 1.05 * math.sin(1.1), 0.3], [0, 0, 0]))
-    k, score = localize_step.nearest_view(q, refs)
+    k, score = localize.nearest_view(q, refs)
     assert k == 2 and score > 0.5  # azimuth 1.1 rad is nearest to 2 * 2 pi / 12 = 1.05 rad
 
 
@@ -392,7 +393,7 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
     opts = dict(iters=2, restarts=1, n_pixels=16, coarse_to_fine=(1,), n_eval=64, lr_rot=0.0, lr_trans=0.0,
                 progress=False, log=lambda m: None)
     out = tmp_path / "loc"
-    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out,
+    summary = localize.localize_step(tmp_path / "model", scene_json, qdir, out,
                                           query_poses=tmp_path / "given.json", gt_poses=tmp_path / "given.json",
                                           **opts)
     assert summary["queries"] == 2 and summary["starts"] == {n: "pose_file" for n in sub.names}
@@ -407,7 +408,7 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
     np.testing.assert_allclose(frame["c2w_start"], sub.c2w[0], atol=1e-9)
     assert doc["calibration"]["threshold_psnr"] == pytest.approx(doc["thresholds"]["psnr"])
     rows = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()]
-    assert tuple(rows[0]) == localize_step.ERRORS_COLUMNS and [r[0] for r in rows[1:]] == sub.names + ["median"]
+    assert tuple(rows[0]) == localize.ERRORS_COLUMNS and [r[0] for r in rows[1:]] == sub.names + ["median"]
     assert all(float(r[1]) < 1e-6 and float(r[2]) < 1e-6 for r in rows[1:3])
     from nerflib.images import load_image
 
@@ -417,7 +418,7 @@ def test_localize_step_outputs_in_the_scene_frame(tmp_path):
 
     # Without a poses file: the nearest training view (a query that *is* training view 5 finds it).
     out2 = tmp_path / "loc2"
-    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out2, write_views=False, **opts)
+    summary = localize.localize_step(tmp_path / "model", scene_json, qdir, out2, write_views=False, **opts)
     assert summary["starts"][sub.names[1]] == f"nearest_view:{sub.names[1]}"
     assert not (out2 / "errors.tsv").exists() and not (out2 / "views").exists()
 
@@ -443,23 +444,23 @@ def test_ground_truth_in_another_frame_perturbed_starts_and_errors_rule(tmp_path
     ref = Scene(names=scene.names, c2w=_moved(scene.c2w, *sim), cameras=scene.cameras,
                 camera_idx=scene.camera_idx)
     scene_io.write_poses_json(ref, tmp_path / "ref.json")
-    truth = localize_step.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "ref.json",
+    truth = localize.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "ref.json",
                                             log=lambda m: None)
     np.testing.assert_allclose(truth[gt.names[0]], scene.c2w[pick[0]], atol=1e-9)
     with pytest.raises(ValueError, match="at least 3"):
-        localize_step.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "gt.json")
+        localize.load_ground_truth(tmp_path / "gt.json", scene, reference=tmp_path / "gt.json")
 
     opts = dict(iters=2, restarts=1, n_pixels=16, coarse_to_fine=(1,), n_eval=64, lr_rot=0.0, lr_trans=0.0,
                 progress=False, write_views=False, log=lambda m: None)
     out = tmp_path / "loc"
-    summary = localize_step.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed",
+    summary = localize.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed",
                                           gt_poses=tmp_path / "gt.json", gt_reference=tmp_path / "ref.json",
                                           write_errors=False, **opts)
     assert summary["starts"] == {n: "perturbed_truth" for n in gt.names}
     assert not (out / "errors.tsv").exists()
     assert summary["median_rot_err_deg"] == pytest.approx(10.0, abs=1e-6)  # zero learning rates: the start
     assert summary["median_trans_err_pct"] == pytest.approx(10.0, abs=1e-6)
-    errors = localize_step.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "gt.json",
+    errors = localize.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "gt.json",
                                            out / "errors.tsv", gt_reference=tmp_path / "ref.json",
                                            log=lambda m: None)
     assert errors["median_rot_err_deg"] == pytest.approx(summary["median_rot_err_deg"])
@@ -468,9 +469,9 @@ def test_ground_truth_in_another_frame_perturbed_starts_and_errors_rule(tmp_path
     assert all(float(r[3]) == pytest.approx(10.0, abs=1e-3) and float(r[4]) == pytest.approx(10.0, abs=1e-3)
                for r in rows[1:])
     with pytest.raises(ValueError, match="perturbed"):
-        localize_step.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed", **opts)
+        localize.localize_step(tmp_path / "model", scene_json, qdir, out, start="perturbed", **opts)
     with pytest.raises(ValueError, match="no ground truth for any"):
-        localize_step.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "ref.json",
+        localize.localize_errors(out / "poses.json", scene_json, tmp_path / "model", tmp_path / "ref.json",
                                       tmp_path / "e.tsv", log=lambda m: None)
 
 
@@ -526,7 +527,7 @@ def test_trained_field_localizes_demo_queries(tmp_path):
               for c in localize.to_normalized(gt.c2w, norm)]
     gt.c2w = np.stack(starts)
     scene_io.write_poses_json(gt, tmp_path / "starts.json")
-    summary = localize_step.localize_step(tmp_path / "model", scene_json, tmp_path / "queries", tmp_path / "loc",
+    summary = localize.localize_step(tmp_path / "model", scene_json, tmp_path / "queries", tmp_path / "loc",
                                      query_poses=tmp_path / "starts.json", gt_poses=tmp_path / "gt" / "queries.json",
                                      iters=150, n_pixels=256, restarts=2, n_eval=1024, progress=False,
                                      write_views=False, log=lambda m: None)
@@ -555,7 +556,7 @@ def test_register_with_colmap_on_the_demo_scene(tmp_path):
     photos = {n: images.load_image(tmp_path / "queries" / n) for n in queries.names}
     cams = {n: model.cameras[0] for n in queries.names}
     for database in (tmp_path / "sfm" / "database.db", None):
-        found = localize_step.register_with_colmap(photos, sparse, cameras=cams, database=database,
+        found = localize.register_with_colmap(photos, sparse, cameras=cams, database=database,
                                               image_dir=tmp_path / "images", log=lambda m: None)
         assert sorted(found) == queries.names
         for i, name in enumerate(queries.names):

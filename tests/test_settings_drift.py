@@ -2,7 +2,7 @@
 
 The YAML files (config/schemas/*.schema.yaml, config/config.yaml) cannot import
 Python, so they repeat what nerflib declares: preset names (configs.PRESET_CHOICES),
-image factors (pyramid.FACTORS), localization settings (localize_step.workflow_settings,
+image factors (pyramid.FACTORS), localization settings (localize.workflow_settings,
 nerflib.settings), SfM mappers and matchers (sfm.MAPPERS / MATCHERS), camera
 models (types.CAMERA_MODELS). The CLI derives from the declarations; these tests
 also catch a CLI option that stopped doing so. A default or a name changed in only
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerflib import cli, configs, localize_step, pyramid, scene_io, sfm
+from nerflib import cli, configs, localize, pyramid, scene_io, sfm
 from nerflib import settings as settings_lib
 from nerflib.types import CAMERA_MODELS
 
@@ -51,7 +51,7 @@ def test_factors_agree():
     assert 'factor="|".join(str(f) for f in PYRAMID_FACTORS if f > 1)' in common, "the wildcard comes from FACTORS"
 
 
-@pytest.mark.parametrize("setting", localize_step.workflow_settings(), ids=lambda s: s.name)
+@pytest.mark.parametrize("setting", localize.workflow_settings(), ids=lambda s: s.name)
 def test_localize_setting_agrees(setting):
     """Schema property, config.yaml value and `nerf localize` option of each declared setting."""
     prop = CONFIG_SCHEMA["localize"]["properties"][setting.name]
@@ -66,7 +66,7 @@ def test_localize_setting_agrees(setting):
 
 
 def test_localize_settings_complete():
-    names = [s.name for s in localize_step.workflow_settings()]
+    names = [s.name for s in localize.workflow_settings()]
     assert list(CONFIG_SCHEMA["localize"]["properties"]) == [*names, "options"]
     assert [k for k in CONFIG["localize"] if k != "options"] == names
 
@@ -87,7 +87,7 @@ def test_pose_formats_and_camera_models_agree():
 
 def test_a_changed_default_is_caught(monkeypatch):
     """The comparison above is not vacuous: a declaration changed alone no longer matches the schema."""
-    setting = next(s for s in localize_step.workflow_settings() if s.name == "iters")
+    setting = next(s for s in localize.workflow_settings() if s.name == "iters")
     changed = settings_lib.Setting(**{**setting.__dict__, "default": setting.default + 1})
     assert settings_lib.schema_property(changed) != {
         k: v for k, v in CONFIG_SCHEMA["localize"]["properties"]["iters"].items() if k != "description"

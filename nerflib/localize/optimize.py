@@ -1,75 +1,10 @@
-"""Camera localization against a frozen radiance field (iNeRF-style pose refinement).
-
-Given photos of a scene the field was trained on, find each photo's pose by
-rendering a subset of its pixels at a candidate pose and descending the
-photometric error with respect to the pose (Yen-Chen et al., "iNeRF", 2021).
-
-Short names and shapes (see also types.py and rigid.py):
-  twist   [..., 6]   (omega, v) pose update: rotation vector (radians) first, then
-                     translation (normalized-frame units).
-  var     [B, 7]     the optimized vector of each problem: twist and the log focal
-                     scale (0 unless `refine_focal`).
-  c2w0    [B, 3, 4]  the starting pose of each problem (normalized frame).
-  problem            one (query, restart) pair; B = Q * restarts, batched with vmap.
-  level              one round of the coarse-to-fine schedule: images (and the
-                     camera) downsampled by factor * coarse_to_fine[level].
-
-The pose update (`apply_twist`) is the exp map of the twist left-multiplied on
-the starting pose, c2w = exp(twist) c2w0 (iNeRF; pivot='world'): in the
-normalized frame of a 360 capture the world origin is the cameras' focus
-point, so omega orbits the camera about what it looks at and v shifts it.
-pivot='camera' uses C exp(twist) C^-1 c2w0 with C = [I | c0] instead (turn in
-place, then move). Measured on the analytic test scene from 10 deg / 10 %
-starts (120 iterations, Adam): 'world' reached 0.01-0.06 deg on 3 of 4 queries
-where 'camera' was still at 1-3 deg, its rotation and translation being
-nearly interchangeable for the image (a long, flat valley). Each problem has
-its own Adam state (optax, elementwise) with separate learning rates for
-rotation, translation and focal scale, decayed exponentially over all
-iterations.
-
-Pixel sampling: every step draws `n_pixels` rays per problem: a fraction
-`uniform_fraction` uniformly over the image, the rest from interest regions
-(iNeRF's interest-region sampling): pixels of high gradient magnitude
-('edges') or FAST keypoints ('keypoints'), dilated by `dilate` pixels.
-At a coarse level m > 1 each pixel is rendered as the mean of s x s sub-pixel
-rays (s = min(m, supersample)) with n_pixels / s^2 pixels, so the render is
-box-filtered like the downsampled target (hash-grid fields do not anti-alias
-on their own) and the ray count per step stays constant.
-
-Robust loss on the colour residual r = |rgb - target| per pixel (`loss`, with
-scale c = `loss_scale`): 'mse' r^2, 'charbonnier' sqrt(r^2 + c^2), 'huber'
-(quadratic below c), 'cauchy' c^2 log(1 + r^2 / c^2).
-
-Selection and convergence: after optimization every problem is rendered on a
-fixed evaluation pixel set (a regular grid of about `n_eval` pixels of the
-base-level image, plus each pixel's right and lower neighbour); per query the
-restart with the lowest MSE there wins. Two scores are reported: PSNR, and
-`gradient_ncc`, the correlation of the grey forward-difference gradients of
-photo and render (edges in the same places: 1 for an exact render, ~0 for
-misaligned or unrelated content). `converged` = psnr >= threshold_psnr and
-gradient_ncc >= threshold_ncc. PSNR alone is a poor judge on a blurry field:
-on the demo's tiny field a query stuck 7 deg off scored 18.3 dB against 19.1-
-19.5 dB at true poses, while its gradient correlation fell to 0.19 against
-0.26-0.35 (and to ~0 at 7 deg off without optimization). The thresholds are
-calibrated per field (`localize_step.calibrate`, used by the pipeline step):
-the field's median scores on a few held-out views (else training views) at their known poses,
-threshold_ncc = ncc_fraction (0.5) x that correlation, threshold_psnr = that
-PSNR - 5 dB. Without calibration `min_psnr` / `min_ncc` apply. Noise or a photo
-of another scene fails both. The criterion is only as sharp as the field: a
-field that cannot render fine detail cannot confirm a pose to a fraction of
-a degree either (a 300-step tiny field, ~18 dB, passed a query 6.9 deg off
-and failed one 0.75 deg off), and neither score pins the camera's depth
-along its optical axis well.
-
-Frames: `localize` works in the field's normalized frame; `to_original` /
-`to_normalized` convert poses with a scene_io.normalize_scene transform.
-Initial guesses, ground truth, the convergence calibration and the files of
-the pipeline step live in `localize_step` (the `localize_step` function).
+"""The optimizer: `localize` refines batched problems (query x restart) through the frozen
+field, coarse to fine, sharded over the devices; `score_poses` is its final measurement
+alone. Names and shapes: the docstring of nerflib.localize.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import sys
@@ -81,237 +16,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nerflib import cameras as cam_lib
-from nerflib import parallel, rigid
-from nerflib.settings import setting
+from nerflib import parallel
+from nerflib.localize.options import Options
+from nerflib.localize.pixels import (
+    downsample,
+    eval_grid,
+    interest_pixels,
+    psnr_from_mse,
+    robust_loss,
+)
+from nerflib.localize.poses import apply_twist, perturb_pose
 from nerflib.types import CAMERA_MODELS, Camera
 
-LOSSES = ("mse", "charbonnier", "huber", "cauchy")
-SAMPLINGS = ("edges", "keypoints", "uniform")
 NUM_VARS = 7  # twist (6) + log focal scale
-
-
-# --------------------------------------------------------------------------- poses
-
-
-def apply_twist(c2w0, twist, *, pivot: str = "world"):
-    """Pose c2w0 [..., 3, 4] updated by twist [..., 6] -> [..., 3, 4] (jnp or numpy).
-
-    pivot='camera': C exp(twist) C^-1 c2w0 with C the translation to c2w0's centre;
-    pivot='world': exp(twist) c2w0 (iNeRF). Both give c2w0 at twist == 0.
-    """
-    if pivot not in ("camera", "world"):
-        raise ValueError(f"pivot must be 'camera' or 'world', got {pivot!r}")
-    xp = rigid._xp(c2w0, twist)
-    c2w0 = xp.asarray(c2w0)
-    T = rigid.exp_se3(twist)  # [..., 4, 4]
-    R = T[..., :3, :3] @ c2w0[..., :3, :3]
-    if pivot == "camera":
-        centre = c2w0[..., :3, 3] + T[..., :3, 3]
-    else:
-        centre = xp.einsum("...ij,...j->...i", T[..., :3, :3], c2w0[..., :3, 3]) + T[..., :3, 3]
-    return xp.concatenate([R, centre[..., None]], axis=-1)
-
-
-def perturb_pose(c2w, rng: np.random.Generator, *, rot_deg: float, trans: float,
-                 pivot: str = "camera") -> np.ndarray:
-    """c2w [3, 4] turned by exactly rot_deg about a random axis, then moved by `trans`.
-
-    pivot='camera' turns the camera about its own centre (the view swings away
-    from what it saw) and moves the centre by exactly `trans`; pivot='world'
-    turns the whole pose about the world origin, as iNeRF's benchmark does
-    (rotation @ pose: an object at the origin stays where it was in the image),
-    which moves the centre along its orbit, then adds a step of length `trans`.
-    """
-    if pivot not in ("camera", "world"):
-        raise ValueError(f"pivot must be 'camera' or 'world', got {pivot!r}")
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    step = rng.normal(size=3)
-    step /= np.linalg.norm(step)
-    c2w = np.asarray(c2w, np.float64)
-    if pivot == "world":
-        moved = apply_twist(c2w, np.concatenate([axis * math.radians(rot_deg), np.zeros(3)]), pivot="world")
-        moved[:3, 3] += step * trans
-        return moved
-    twist = np.concatenate([axis * math.radians(rot_deg), step * trans])
-    # pivot='camera' with V(omega) v: rescale v so that the centre moves by exactly `trans`.
-    T = rigid.exp_se3(twist)
-    twist[3:] *= trans / max(np.linalg.norm(T[:3, 3]), 1e-12) if trans > 0 else 0.0
-    return apply_twist(c2w, twist, pivot="camera")
-
-
-def to_normalized(c2w, normalization: dict | None) -> np.ndarray:
-    """Poses [..., 3, 4] of the scene's original frame -> the field's normalized frame."""
-    if normalization is None:
-        return np.asarray(c2w, np.float64)
-    from nerflib import scene_io
-
-    return scene_io.transform_poses(c2w, normalization["T"])
-
-
-def to_original(c2w, normalization: dict | None) -> np.ndarray:
-    """Poses [..., 3, 4] of the normalized frame -> the scene's original frame."""
-    if normalization is None:
-        return np.asarray(c2w, np.float64)
-    from nerflib import scene_io
-
-    return scene_io.transform_poses(c2w, normalization["T_inv"])
-
-
-# --------------------------------------------------------------------------- losses and pixels
-
-
-def robust_loss(residual, *, kind: str = "cauchy", scale: float = 0.1):
-    """Per-pixel loss of colour residuals [..., 3] -> [...] (see the module docstring)."""
-    if kind not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
-    r2 = jnp.sum(jnp.square(residual), axis=-1)
-    c2 = scale * scale
-    if kind == "mse":
-        return r2
-    if kind == "charbonnier":
-        return jnp.sqrt(r2 + c2)
-    if kind == "cauchy":
-        return c2 * jnp.log1p(r2 / c2)
-    # Huber on r = |residual|; the double `where` keeps sqrt's gradient finite at 0.
-    big = r2 > c2
-    r = jnp.sqrt(jnp.where(big, r2, 1.0))
-    return jnp.where(big, 2.0 * scale * r - c2, r2)
-
-
-def downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """float [H, W, 3] -> [H // f, W // f, 3] by area averaging (the pyramid's cv2.INTER_AREA)."""
-    if factor == 1:
-        return np.asarray(image, np.float32)
-    import cv2
-
-    h, w = image.shape[:2]
-    return cv2.resize(np.asarray(image, np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-
-
-def interest_pixels(image: np.ndarray, count: int, rng: np.random.Generator, *, sampling: str = "edges",
-                    dilate: int = 1, quantile: float = 0.7) -> np.ndarray:
-    """`count` pixel indices (column, row) [count, 2] int32 drawn from interest regions of image [H, W, 3].
-
-    'edges': gradient magnitude (Sobel on grey) at or above its `quantile`;
-    'keypoints': FAST corners (falls back to edges with fewer than 8 corners);
-    'uniform': every pixel. The region is dilated by `dilate` pixels, then
-    `count` pixels are drawn from it with replacement (a fixed shape for jit).
-    """
-    import cv2
-
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    h, w = image.shape[:2]
-    gray = np.asarray(image, np.float32).mean(-1)
-    mask = np.ones((h, w), bool)
-    if sampling == "keypoints":
-        fast = cv2.FastFeatureDetector_create(threshold=10)
-        kps = fast.detect(np.clip(gray * 255, 0, 255).astype(np.uint8), None)
-        if len(kps) >= 8:
-            mask = np.zeros((h, w), bool)
-            for kp in kps:
-                x, y = int(round(kp.pt[0])), int(round(kp.pt[1]))
-                mask[min(y, h - 1), min(x, w - 1)] = True
-        else:
-            sampling = "edges"
-    if sampling == "edges":
-        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-        mag = np.hypot(gx, gy)
-        thr = np.quantile(mag, quantile)
-        mask = mag > thr if np.any(mag > thr) else mag >= thr  # '>' so flat images do not select everything
-    if dilate > 0 and sampling != "uniform":
-        kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
-        mask = cv2.dilate(mask.astype(np.uint8), kernel) > 0
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        ys, xs = np.nonzero(np.ones((h, w), bool))
-    pick = rng.integers(0, len(xs), count)
-    return np.stack([xs[pick], ys[pick]], axis=-1).astype(np.int32)
-
-
-def eval_grid(width: int, height: int, n_eval: int) -> np.ndarray:
-    """A regular grid of about n_eval pixel indices (column, row) [E, 2] covering the image."""
-    stride = max(1, math.ceil(math.sqrt(width * height / max(n_eval, 1))))
-    xs = np.arange(stride // 2, width, stride)
-    ys = np.arange(stride // 2, height, stride)
-    grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
-    return grid.astype(np.int32)
-
-
-def psnr_from_mse(mse):
-    return -10.0 * np.log10(np.maximum(np.asarray(mse, np.float64), 1e-10))
-
-
-# --------------------------------------------------------------------------- the optimizer
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Hyperparameters of `localize` (keyword arguments of the same names)."""
-
-    # The settings of the workflow (config.yaml `localize:`) and of `nerf localize` (nerflib.settings);
-    # the defaults measured on the demo in CI (commit 1e474f8: 4/4 queries at 0.08 deg). The GPU
-    # benchmarks of bench/RESULTS.md ran 300 iterations, 512 rays, 4096 evaluation pixels
-    # (bench/localize_bench.py passes those).
-    iters: int = setting(250, "Optimization steps per query (split over the coarse-to-fine levels).", minimum=1)
-    restarts: int = setting(3, "Starts per query (the guess, then perturbed copies); the best photometric fit wins.",
-                            minimum=1)
-    n_pixels: int = setting(256, "Rays per start and step.", minimum=1, flag="--pixels")
-    n_eval: int = setting(1024, "Pixels per query of the final photometric score (winner selection, convergence "
-                                "flag), a regular grid of the base-level image.", minimum=1)
-    # The rest: config.yaml localize.options, nerf localize --set.
-    restart_rot_deg: float = 10.0  # perturbation of restarts 1.. (rotation about the camera centre) ...
-    restart_trans: float = 0.1  # ... and translation (normalized units; cameras lie in the unit ball).
-    coarse_to_fine: tuple[int, ...] = (4, 2, 1)  # extra downsampling per level; iterations split evenly.
-    supersample: int = 2  # sub-pixel rays per axis at coarse levels (at most the level's factor).
-    sampling: str = "edges"
-    uniform_fraction: float = 0.25
-    dilate: int = 1
-    loss: str = "cauchy"
-    loss_scale: float = 0.1
-    lr_rot: float = 0.01  # Adam step sizes (radians, normalized units, log focal).
-    lr_trans: float = 0.01
-    lr_focal: float = 0.005
-    lr_final_mult: float = 0.05  # exponential decay to lr * this at the last iteration.
-    refine_focal: bool = False
-    pivot: str = "world"  # see apply_twist; "world" (iNeRF) converged better on object-centric scenes.
-    eval_chunk: int = 2048  # evaluation rays per problem per call ...
-    eval_rays: int = 65536  # ... and at most this many over all problems (memory bound: 50 queries x 8 restarts).
-    min_psnr: float = 20.0  # converged thresholds when `localize` is given none.
-    min_ncc: float = 0.3
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "coarse_to_fine", tuple(int(m) for m in self.coarse_to_fine))
-
-        def need(ok, what, value):
-            if not ok:
-                raise ValueError(f"localize: {what}, got {value!r}")
-
-        need(self.iters >= 1, "iters must be >= 1", self.iters)
-        need(self.n_pixels >= 1, "n_pixels must be >= 1", self.n_pixels)
-        need(self.restarts >= 1, "restarts must be >= 1", self.restarts)
-        need(len(self.coarse_to_fine) >= 1 and all(m >= 1 for m in self.coarse_to_fine),
-             "coarse_to_fine must be a non-empty tuple of factors >= 1", self.coarse_to_fine)
-        need(self.supersample >= 1, "supersample must be >= 1", self.supersample)
-        need(self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}", self.sampling)
-        need(0.0 <= self.uniform_fraction <= 1.0, "uniform_fraction must be in [0, 1]", self.uniform_fraction)
-        need(self.loss in LOSSES, f"loss must be one of {LOSSES}", self.loss)
-        need(self.loss_scale > 0, "loss_scale must be > 0", self.loss_scale)
-        need(self.pivot in ("camera", "world"), "pivot must be 'camera' or 'world'", self.pivot)
-        need(min(self.lr_rot, self.lr_trans, self.lr_focal) >= 0, "learning rates must be >= 0",
-             (self.lr_rot, self.lr_trans, self.lr_focal))
-        need(0 < self.lr_final_mult <= 1, "lr_final_mult must be in (0, 1]", self.lr_final_mult)
-        need(min(self.n_eval, self.eval_chunk, self.eval_rays) >= 1, "n_eval, eval_chunk and eval_rays must be >= 1",
-             (self.n_eval, self.eval_chunk, self.eval_rays))
-
-
-WORKFLOW_OPTIONS = ("iters", "restarts", "n_pixels", "n_eval")  # the Options fields of config.yaml `localize:`
 
 
 def _levels_model(cameras, factors) -> str:
@@ -331,7 +52,7 @@ def _render_fn(model) -> Callable:
     params are an argument of every jitted function here, never a closure
     constant (XLA would fold a whole network into the program).
     """
-    kw = {"zero_glo": True} if _uses_glo(model) else {}
+    kw = {"zero_glo": True} if uses_glo(model) else {}
 
     def render(params, rays):
         renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0, **kw)
@@ -340,7 +61,7 @@ def _render_fn(model) -> Callable:
     return render
 
 
-def _uses_glo(model) -> bool:
+def uses_glo(model) -> bool:
     return getattr(getattr(model, "cfg", None), "num_glo_features", 0) > 0
 
 
@@ -477,7 +198,7 @@ def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None
     near, far     : ray bounds (normalized frame); default cfg.ray_near / cfg.ray_far.
     factor        : base downsampling of the photos (default cfg.factor, the training factor).
     threshold_psnr, threshold_ncc : the convergence thresholds (see the module docstring;
-                    `localize_step.calibrate` derives them); default Options.min_psnr / min_ncc.
+                    `step.calibrate` derives them); default Options.min_psnr / min_ncc.
     mesh          : problems are split over its 'data' axis (default: all devices).
     callback      : called as callback(step, c2w [Q, restarts, 3, 4]) every `callback_every`
                     steps and after the last (diagnostics, tests).
@@ -498,9 +219,35 @@ def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None
         raise ValueError("localize needs near= and far= when cfg is None")
     near = float(cfg.ray_near if near is None else near)
     far = float(cfg.ray_far if far is None else far)
-    if factor is None:
-        factor = cfg.factor if cfg is not None else 1
-    factor = int(factor)
+    factor = int(factor if factor is not None else (cfg.factor if cfg is not None else 1))
+    names, images, cameras, starts, labels = _unpack_queries(queries)
+    model_name = _levels_model(cameras, [factor * m for m in (1, *opts.coarse_to_fine)])
+    rng = np.random.default_rng(opts.seed)
+    c2w0 = _problem_starts(starts, opts, rng)
+    place = _Placement(parallel.make_mesh() if mesh is None else mesh, c2w0.shape[0] * c2w0.shape[1])
+    shape = (max(im.shape[0] // factor for im in images), max(im.shape[1] // factor for im in images))
+    build = functools.partial(_build_level, images, cameras, model_name, factor, opts=opts, rng=rng, shape=shape)
+    params = jax.device_put(params, place.rep)
+    c2w0_d = place.put(c2w0.reshape(-1, 3, 4).astype(np.float32))
+    qidx = place.put(np.repeat(np.arange(len(queries)), opts.restarts).astype(np.int32))
+    var = _optimize(model, params, model_name, opts, build, c2w0, c2w0_d, qidx, place, near=near, far=far,
+                    progress=progress, log=log, callback=callback, callback_every=callback_every, factor=factor)
+
+    # Evaluation on a fixed grid of the base-level images, at the start and at the end.
+    base = jax.device_put(build(1), place.rep)  # as score_poses
+    eval_fn = _eval_fn(model, model_name, opts.pivot, near, far, place.mesh)
+    pix, valid = _eval_grids(base, opts.n_eval)
+    B, R = place.size, opts.restarts
+    end = _evaluate(eval_fn, params, var, c2w0_d, qidx, pix, valid, base, opts, place.shard, B, R)
+    start = _evaluate(eval_fn, params, jnp.zeros_like(var), c2w0_d, qidx, pix, valid, base, opts, place.shard, B, R)
+    thresholds = (opts.min_psnr if threshold_psnr is None else float(threshold_psnr),
+                  opts.min_ncc if threshold_ncc is None else float(threshold_ncc))
+    var_np = np.asarray(var, np.float64)[:B].reshape(len(queries), R, NUM_VARS)
+    return _results(names, labels, c2w0, var_np, start, end, opts, thresholds, time.perf_counter() - t_start)
+
+
+def _unpack_queries(queries: Sequence[tuple]):
+    """names, images float32 [H, W, 3], cameras, starts [Q, 3, 4], start labels of `localize`'s queries."""
     names = [q[0] for q in queries]
     images = [np.asarray(q[1], np.float32) for q in queries]
     cameras = [q[2] for q in queries]
@@ -512,41 +259,54 @@ def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None
         if (cam.width, cam.height) != (im.shape[1], im.shape[0]):
             raise ValueError(f"query {name}: camera is {cam.width}x{cam.height} but the image is "
                              f"{im.shape[1]}x{im.shape[0]}; scale the camera to the photo (cameras.scale_camera)")
-    model_name = _levels_model(cameras, [factor * m for m in (1, *opts.coarse_to_fine)])
-    rng = np.random.default_rng(opts.seed)
+    return names, images, cameras, starts, labels
 
-    # Problems: restart r of query q is problem q * R + r; restart 0 is the start itself.
-    Q, R = len(queries), opts.restarts
+
+def _problem_starts(starts, opts: Options, rng) -> np.ndarray:
+    """c2w0 [Q, R, 3, 4]: restart r of query q is problem q * R + r; restart 0 is the start itself."""
+    Q, R = len(starts), opts.restarts
     c2w0 = np.zeros((Q, R, 3, 4))
     for q in range(Q):
         c2w0[q, 0] = starts[q]
         for r in range(1, R):
             c2w0[q, r] = perturb_pose(starts[q], rng, rot_deg=opts.restart_rot_deg, trans=opts.restart_trans)
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    n_dev = mesh.devices.size
-    B = Q * R
-    B_pad = math.ceil(B / n_dev) * n_dev
-    pad = lambda x: np.concatenate([x, np.repeat(x[-1:], B_pad - B, 0)]) if B_pad > B else x  # noqa: E731
-    shard = NamedSharding(mesh, P(parallel.DATA_AXIS))
-    rep = NamedSharding(mesh, P())
-    put = lambda x: jax.device_put(jnp.asarray(pad(np.asarray(x))), shard)  # noqa: E731
-    c2w0_d = put(c2w0.reshape(B, 3, 4).astype(np.float32))
-    qidx = put(np.repeat(np.arange(Q), R).astype(np.int32))
-    var = put(np.zeros((B, NUM_VARS), np.float32))
-    step_fn, tx, opt_shard = _train_step_fn(model, model_name, opts, float(near), float(far), mesh)
+    return c2w0
+
+
+class _Placement:
+    """Problems split over the mesh's data axis: `size` problems padded to a multiple of the devices
+    (copies of the last one) by `put`; `rep` replicates."""
+
+    def __init__(self, mesh, size: int):
+        self.mesh, self.size = mesh, size
+        self.padded = math.ceil(size / mesh.devices.size) * mesh.devices.size
+        self.shard = NamedSharding(mesh, P(parallel.DATA_AXIS))
+        self.rep = NamedSharding(mesh, P())
+
+    def put(self, x):
+        x = np.asarray(x)
+        if self.padded > self.size:
+            x = np.concatenate([x, np.repeat(x[-1:], self.padded - self.size, 0)])
+        return jax.device_put(jnp.asarray(x), self.shard)
+
+
+def _optimize(model, params, model_name, opts: Options, build, c2w0, c2w0_d, qidx, place: _Placement, *, near,
+              far, progress, log, callback, callback_every, factor):
+    """The coarse-to-fine Adam loop over every problem at once; returns the optimized vector [B_pad, 7]."""
+    Q, R = c2w0.shape[:2]
+    var = place.put(np.zeros((place.size, NUM_VARS), np.float32))
+    step_fn, tx, opt_shard = _train_step_fn(model, model_name, opts, near, far, place.mesh)
     opt_state = jax.device_put(tx.init(var), opt_shard)
-    params = jax.device_put(params, rep)
     key = jax.random.PRNGKey(opts.seed)
     levels = opts.coarse_to_fine
     per_level = [opts.iters // len(levels)] * len(levels)
     per_level[-1] += opts.iters - sum(per_level)
-    shape = (max(im.shape[0] // factor for im in images), max(im.shape[1] // factor for im in images))
     bar = _progress(opts.iters, progress, "localize")
     step = 0
     for mult, n_iters in zip(levels, per_level):
         if n_iters == 0:
             continue
-        lv = jax.device_put(_build_level(images, cameras, model_name, factor, mult, opts, rng, shape), rep)
+        lv = jax.device_put(build(mult), place.rep)
         losses = None
         for _ in range(n_iters):
             var, opt_state, losses = step_fn(params, var, opt_state, c2w0_d, qidx, jax.random.fold_in(key, step), lv)
@@ -554,32 +314,26 @@ def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None
             if bar is not None:
                 bar.update(1)
             if callback is not None and (step % callback_every == 0 or step == opts.iters):
-                v = np.asarray(var, np.float64)[:B].reshape(Q, R, NUM_VARS)
+                v = np.asarray(var, np.float64)[:place.size].reshape(Q, R, NUM_VARS)
                 callback(step, apply_twist(c2w0, v[..., :6], pivot=opts.pivot))
         log(f"localize: level x{factor * mult}: {n_iters} iterations, {int(lv.sub)} ray(s) per pixel, "
-            f"mean loss {float(np.mean(np.asarray(losses)[:B])):.5f}")
+            f"mean loss {float(np.mean(np.asarray(losses)[:place.size])):.5f}")
     if bar is not None:
         bar.close()
+    return var
 
-    # Evaluation on a fixed grid of the base-level images, at the start and at the end.
-    base = jax.device_put(_build_level(images, cameras, model_name, factor, 1, opts, rng, shape), rep)  # as score_poses
-    eval_fn = _eval_fn(model, model_name, opts.pivot, float(near), float(far), mesh)
-    pix, valid = _eval_grids(base, opts.n_eval)
-    end = _evaluate(eval_fn, params, var, c2w0_d, qidx, pix, valid, base, opts, shard, B, R)
-    start = _evaluate(eval_fn, params, jnp.zeros_like(var), c2w0_d, qidx, pix, valid, base, opts, shard, B, R)
-    thr_psnr = opts.min_psnr if threshold_psnr is None else float(threshold_psnr)
-    thr_ncc = opts.min_ncc if threshold_ncc is None else float(threshold_ncc)
-    var_np = np.asarray(var, np.float64)[:B].reshape(Q, R, NUM_VARS)
-    seconds = time.perf_counter() - t_start
+
+def _results(names, labels, c2w0, var_np, start: dict, end: dict, opts: Options, thresholds, seconds) -> list[dict]:
+    """One dict per query (see `localize`): the restart with the lowest evaluation MSE wins."""
+    thr_psnr, thr_ncc = thresholds
     results = []
-    for q in range(Q):
+    for q, name in enumerate(names):
         best = int(np.argmin(end["mse"][q]))
-        c2w = apply_twist(c2w0[q, best], var_np[q, best, :6], pivot=opts.pivot)
         psnr = float(psnr_from_mse(end["mse"][q, best]))
         ncc = float(end["ncc"][q, best])
         results.append({
-            "name": names[q],
-            "c2w": c2w,
+            "name": name,
+            "c2w": apply_twist(c2w0[q, best], var_np[q, best, :6], pivot=opts.pivot),
             "photometric_error": float(end["mse"][q, best]),
             "psnr": psnr,
             "gradient_ncc": ncc,
@@ -709,4 +463,3 @@ def _evaluate(fn, params, var, c2w0, qidx, pix, valid, lv: _Level, opts, shard, 
     # Uncentred correlation of the gradients; 0 where either image is flat.
     ncc = sums[:, 2] / np.maximum(np.sqrt(sums[:, 3] * sums[:, 4]), 1e-12)
     return {"mse": mse.reshape(-1, R), "ncc": ncc.reshape(-1, R)}
-
