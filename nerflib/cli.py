@@ -71,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nerf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", help="append all output of the step to this file")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    _add_synthetic(sub)
+    _add_poses(sub)
+    _add_vocab_tree(sub)
+    _add_pyramid(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_render(sub)
+    _add_export(sub)
+    _add_intake(sub)
+    _add_doctor(sub)
+    _add_view(sub)
+    _add_localize(sub)
+    return parser
 
+
+def _add_synthetic(sub) -> None:
     p = sub.add_parser("synthetic", help="write the procedural demo scene (photos + ground-truth poses)")
     p.add_argument("out_dir")
     p.add_argument("--views", type=int, default=60)
@@ -81,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--seed", type=int, default=0)
 
+
+def _add_poses(sub) -> None:
     p = sub.add_parser("poses", help="camera poses by structure-from-motion (pycolmap) or from an existing poses file")
     p.add_argument("images", help="folder of photos")
     p.add_argument("scene_dir", help="output folder: gets sparse/0/, poses/summary.json, poses/scene.json")
@@ -100,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "incremental when the global model looks wrong; the log says why)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
+
+def _add_vocab_tree(sub) -> None:
     p = sub.add_parser(
         "vocab-tree",
         help="train a vocabulary tree (for --matcher vocab_tree) on the SIFT features of photos or a COLMAP database",
@@ -124,12 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
+
+def _add_pyramid(sub) -> None:
     p = sub.add_parser("pyramid", help="downsampled copies of the photos (area interpolation)")
     p.add_argument("images")
     p.add_argument("out_dir")
     p.add_argument("--factor", type=int, required=True, choices=[f for f in pyramid.FACTORS if f > 1])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a radiance field (resumes from the latest checkpoint)")
     p.add_argument("scene", help="poses/scene.json")
     p.add_argument("images", help="image folder at the training factor")
@@ -143,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", aliases=["evaluate"],  # `evaluate`: the rule's name
                        help="PSNR/SSIM on the held-out views and side-by-side images (rule evaluate)")
     p.add_argument("scene")
     p.add_argument("images")
     p.add_argument("model_dir")
     p.add_argument("out_dir")
+
+
+def _add_render(sub) -> None:
     p = sub.add_parser("render", help="videos (colour, depth, accumulation) along a camera path")
     p.add_argument("scene")
     p.add_argument("images")
@@ -162,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=60)
     p.add_argument("--factor", type=int, default=None, help="render at this factor instead of the training one")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="point cloud (PLY), poses as transforms.json and COLMAP text, for other tools")
     p.add_argument("scene", help="poses/scene.json")
     p.add_argument("out_dir", help="gets points.ply, transforms.json, colmap/")
@@ -173,16 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a nerflib.export.PointCloudOptions field, e.g. --set stride=2 (repeatable)")
 
+
+def _add_intake(sub) -> None:
     p = sub.add_parser("intake", help="a video, HEIC or EXIF-rotated photos -> a folder of upright photos (rule intake)")
     p.add_argument("source", help="a video file or a folder of photos")
     p.add_argument("out_dir", help="output folder of photos (replaced as a whole)")
     p.add_argument("--fps", type=float, default=2.0, help="video: frames taken per second of video")
     p.add_argument("--max-frames", type=int, default=0, help="video: at most this many frames (0 = all)")
 
+
+def _add_doctor(sub) -> None:
     p = sub.add_parser("doctor", help="check this machine: JAX backend and GPUs, pycolmap, ffmpeg, disk, cache, SLURM")
     p.add_argument("--config", default="config/config.yaml", help="the workflow's config (its presets are checked)")
     p.add_argument("--results", default="results", help="where results go (free disk is checked there)")
 
+
+def _add_view(sub) -> None:
     p = sub.add_parser("view", help="web viewer of a trained (or training) model (viser): http://HOST:PORT")
     p.add_argument("model_dir")
     p.add_argument("--scene", default="", help="poses/scene.json (default: the results layout's, beside MODEL_DIR)")
@@ -197,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-out", default="camera_path.json", help="where Save path writes the keyframes")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the first checkpoint")
 
+
+def _add_localize(sub) -> None:
     p = sub.add_parser("localize", help="camera poses of new photos against the trained field")
     p.add_argument("scene")
     p.add_argument("images", help="image folder at the training factor")
@@ -212,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(p, localize.workflow_settings())
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="another nerflib.localize.Options field, e.g. --set refine_focal=true (repeatable)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
