@@ -269,7 +269,7 @@ def check_settings():
 
     overrides = config["train"]["overrides"] or {}
     presets = {sheet.loc[s, "preset"] or config["default_preset"] for s in sheet["scene"]}
-    judges = [Path(nerflib.__file__).with_name(n) for n in ("configs.py", "models.py", "localize/options.py")]
+    judges = [Path(nerflib.__file__).parent / n for n in ("configs.py", "models.py", "localize/options.py")]
     key = hashlib.sha256(json.dumps([overrides, sorted(presets), config["localize"],
                                      [(str(p), p.stat().st_mtime_ns) for p in judges]],
                                     sort_keys=True, default=str).encode()).hexdigest()
