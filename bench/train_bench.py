@@ -34,13 +34,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerflib import configs, datasets, evaluate, metrics, parallel, scene_formats  # noqa: E402
+from nerflib import configs, datasets, evaluate, metrics, parallel, scene_io  # noqa: E402
 from nerflib import train as train_lib  # noqa: E402
 from nerflib.layout import SceneLayout  # noqa: E402
 
 
 def load_blender(root: Path, split: str, *, max_views: int | None = None) -> datasets.Dataset:
-    scene = scene_formats.read_blender(root / f"transforms_{split}.json")
+    scene = scene_io.read_blender(root / f"transforms_{split}.json")
     ds = datasets.load_dataset(scene, image_dir=scene.image_dir, factor=1, split="all",
                                normalize=None, near=2.0, far=6.0, white_background=True)
     return ds
@@ -50,8 +50,6 @@ def load_colmap(root: Path, split: str, *, factor: int = 1, test_every: int = 8)
     """A COLMAP project (root/sparse/0, or root/scene.json written from it by nerflib, + root/images or
     root/images_{factor}) as the workflow loads it:
     normalized as configs.for_scene says for the `fast` preset (360 or forward), every 8th view held out."""
-    from nerflib import scene_io
-
     project = SceneLayout(root)  # a COLMAP project has the results layout's shape
     if (root / "scene.json").is_file():  # the model as nerflib's scene.json: no pycolmap needed (GPU machine)
         scene = scene_io.read_scene_json(root / "scene.json")

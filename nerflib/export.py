@@ -5,7 +5,7 @@
                    the rendered colour). Built from the rendered depth of every
                    training view (`point_cloud`), then filtered (below).
   transforms.json  the poses and cameras for nerfstudio / instant-ngp / 3D Gaussian
-                   splatting (scene_formats.write_blender: camera-to-world 4x4 with OpenGL
+                   splatting (scene_io.write_blender: camera-to-world 4x4 with OpenGL
                    camera axes, fl_x/fl_y/cx/cy/w/h, k1..p2 distortion, camera_model,
                    file_path relative to the json, with extension), in the original frame.
   colmap/          the COLMAP model as text (cameras.txt, images.txt, points3D.txt and
@@ -346,10 +346,10 @@ def point_cloud(model_dir, scene_json, out_ply, *, images=None, options: PointCl
 
 def transforms_json(scene_json, out_json) -> None:
     """The poses and cameras of scene.json as a nerfstudio / instant-ngp / 3DGS transforms.json."""
-    from nerflib import scene_formats, scene_io
+    from nerflib import scene_io
 
     scene = scene_io.read_scene_json(scene_json)
-    scene_formats.write_blender(scene, out_json)
+    scene_io.write_blender(scene, out_json)
 
 
 def colmap_text(scene_json, out_dir, *, sparse_dir=None) -> None:

@@ -223,7 +223,7 @@ def test_model_export_files(exported):
 
 @pytest.mark.parametrize("folder", ["export", "poses_only"])
 def test_transforms_json_reads_back_as_the_scene(exported, folder):
-    from nerflib import scene_formats, scene_io
+    from nerflib import scene_io
 
     scene = scene_io.read_scene_json(exported / "data" / "scene.json")
     path = exported / folder / "transforms.json"
@@ -233,7 +233,7 @@ def test_transforms_json_reads_back_as_the_scene(exported, folder):
     # OpenGL axes: the camera looks along -z, so -z of every transform points at the toy scene's centre
     m = np.array(d["frames"][0]["transform_matrix"])
     np.testing.assert_allclose(-m[:3, 2], -m[:3, 3] / np.linalg.norm(m[:3, 3]), atol=1e-6)
-    back = scene_formats.read_blender(path)
+    back = scene_io.read_blender(path)
     assert back.names == scene.names and back.cameras == scene.cameras
     np.testing.assert_allclose(back.c2w, scene.c2w, atol=1e-12)
     assert Path(back.image_dir).resolve() == Path(scene.image_dir).resolve()

@@ -11,7 +11,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from nerflib import cameras, rigid, scene_formats, scene_io
+from nerflib import cameras, rigid, scene_io
 from nerflib.types import Camera, Scene
 
 MIXED_CAMERAS = [
@@ -112,7 +112,7 @@ def test_blender_round_trip_one_and_many_cameras(tmp_path):
     for cams in ([MIXED_CAMERAS[1]], MIXED_CAMERAS):
         scene = _scene(tmp_path, cams, n=10)
         path = tmp_path / "transforms_train.json"
-        scene_formats.write_blender(scene, path)
+        scene_io.write_blender(scene, path)
         back = scene_io.load_poses(path)
         _assert_same(scene, back)
         assert Path(back.image_dir).resolve() == (tmp_path / "images").resolve()
@@ -127,7 +127,7 @@ def test_llff_round_trip_and_image_scaling(tmp_path):
     scene = Scene(names=names, c2w=_poses(4, rng), cameras=cams, camera_idx=idx,
                   image_dir=str(tmp_path / "images"), near=0.5, far=7.25)
     _touch_images(tmp_path / "images", names, [cams[i] for i in idx])
-    scene_formats.write_llff(scene, tmp_path / "poses_bounds.npy")
+    scene_io.write_llff(scene, tmp_path / "poses_bounds.npy")
     back = scene_io.load_poses(tmp_path / "poses_bounds.npy")
     order = sorted(range(4), key=lambda i: names[i])
     assert back.names == ["1.png", "10.png", "2.png", "3.png"]
@@ -137,7 +137,7 @@ def test_llff_round_trip_and_image_scaling(tmp_path):
     assert (back.near, back.far, back.forward_facing) == (0.5, 7.25, True)
     # The same poses with half-size images: focal and principal point halve.
     _touch_images(tmp_path / "images_2", names, [cameras.scale_camera(cams[i], 2) for i in idx])
-    half = scene_formats.read_llff(tmp_path / "poses_bounds.npy", tmp_path / "images_2")
+    half = scene_io.read_llff(tmp_path / "poses_bounds.npy", tmp_path / "images_2")
     for j, i in enumerate(order):
         f = scene.camera_of(i).param("fx") / 2
         assert half.camera_of(j).params == (f, f, 16.0, 12.0)
@@ -147,7 +147,7 @@ def test_llff_writer_refuses_what_it_cannot_store(tmp_path):
     scene = _scene(tmp_path, [MIXED_CAMERAS[4]], n=3)
     scene.near, scene.far = 1.0, 2.0
     with pytest.raises(ValueError, match="does not fit poses_bounds.npy"):
-        scene_formats.write_llff(scene, tmp_path / "poses_bounds.npy")
+        scene_io.write_llff(scene, tmp_path / "poses_bounds.npy")
 
 
 # --------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_opengl_c2w_means_looking_down_minus_z(tmp_path):
          "frames": [{"file_path": "a.png",
                      "transform_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 5], [0, 0, 0, 1]]}]}
     (tmp_path / "transforms.json").write_text(json.dumps(d))
-    scene = scene_formats.read_blender(tmp_path / "transforms.json", check_images=False)
+    scene = scene_io.read_blender(tmp_path / "transforms.json", check_images=False)
     cam = scene.cameras[0]
     assert np.allclose(cam.params, (100.0, 100.0, 50.0, 40.0), rtol=1e-15)
     pts = np.array([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1, 0]])
@@ -272,7 +272,7 @@ def test_llff_and_blender_errors(tmp_path):
     np.save(tmp_path / "poses_bounds.npy", arr)
     _touch_images(tmp_path / "images", ["a.png", "b.png"], [Camera("PINHOLE", 64, 48, (1, 1, 1, 1))] * 2)
     with pytest.raises(ValueError, match="3 poses but 2 images") as err:
-        scene_formats.read_llff(tmp_path / "poses_bounds.npy")
+        scene_io.read_llff(tmp_path / "poses_bounds.npy")
     assert str(tmp_path / "poses_bounds.npy") in str(err.value)
     np.save(tmp_path / "wrong.npy", arr[:, :15])
     with pytest.raises(ValueError, match=r"\[N, 17\]"):
@@ -294,10 +294,10 @@ def test_auto_format_detection(tmp_path):
     scene.near, scene.far = 1.0, 3.0
     scene_io.write_poses_json(scene, tmp_path / "poses.json")
     scene_io.write_poses_csv(scene, tmp_path / "poses.csv")
-    scene_formats.write_blender(scene, tmp_path / "transforms.json")
+    scene_io.write_blender(scene, tmp_path / "transforms.json")
     scene_io.write_scene_json(scene, tmp_path / "scene.json")
     scene_io.write_colmap(scene, tmp_path / "sparse" / "0")
-    scene_formats.write_llff(scene, tmp_path / "poses_bounds.npy")
+    scene_io.write_llff(scene, tmp_path / "poses_bounds.npy")
     expect = {"poses.json": "json", "poses.csv": "csv", "transforms.json": "blender", "scene.json": "scene",
               "sparse/0": "colmap", "sparse/0/images.bin": "colmap", "poses_bounds.npy": "llff", ".": "colmap"}
     for rel, fmt in expect.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerflib import rigid, scene_formats, scene_io
+from nerflib import rigid, scene_io
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "scene\tsource\tcamera_model\tfactor\tpreset\tmatcher\tposes\tposes_format"
@@ -45,6 +45,6 @@ def test_import_colmap_and_llff(tmp_path, dataset):
     fern_scene = scene_io.read_scene_json(tmp_path / "results/fern/poses/scene.json")
     assert len(fern_scene) == 20 and fern_scene.forward_facing
     assert fern_scene.near is not None and fern_scene.far > fern_scene.near
-    direct = scene_formats.read_llff(fern / "poses_bounds.npy", fern / "images_8")
+    direct = scene_io.read_llff(fern / "poses_bounds.npy", fern / "images_8")
     err = rigid.pose_errors(fern_scene.c2w, direct.c2w, align=False)
     assert err["rotation_deg"].max() < 1e-6 and err["position"].max() < 1e-9
