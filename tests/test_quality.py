@@ -190,3 +190,27 @@ def test_training_with_refinement_writes_the_refined_poses(tmp_path):
     for im in out["images"]:
         c2w = np.asarray(im["c2w"])
         assert np.allclose(c2w, given[im["name"]], atol=0.05) and not np.array_equal(c2w, given[im["name"]])
+
+
+# ---------------------------------------------------------------- appearance codes
+
+
+def test_appearance_codes_are_per_image_and_zero_for_unseen_views():
+    """GLO: rays of image i reach only row i of the code table; held-out views use a zero code."""
+    cfg = models.model_tiny(num_glo_features=4, num_prop_samples=(8,), num_nerf_samples=8)
+    model = models.make_model(cfg, num_images=5)
+    params = models.init_variables(model, jax.random.PRNGKey(0))["params"]
+    params = {**params, "glo": {"embedding": jax.random.normal(jax.random.PRNGKey(1), (5, 4))}}
+    rays = models.dummy_rays(cfg, 6)
+    rays = rays.replace(directions=rays.directions + jnp.linspace(-0.3, 0.3, 6)[:, None] * jnp.array([1.0, 0, 0]))
+    rays = rays.replace(viewdirs=rays.directions / jnp.linalg.norm(rays.directions, axis=-1, keepdims=True),
+                        cam_idx=jnp.full((6, 1), 3, jnp.int32))
+
+    def rgb(p, r, **kw):
+        return model.apply({"params": p}, r, rng=None, train_frac=1.0, **kw)[0][-1]["rgb"]
+
+    g = jax.grad(lambda p: rgb(p, rays).sum())(params)["glo"]["embedding"]
+    assert np.abs(np.asarray(g[3])).sum() > 0 and np.all(np.asarray(g)[[0, 1, 2, 4]] == 0)
+    zeroed = {**params, "glo": {"embedding": jnp.zeros((5, 4))}}
+    np.testing.assert_allclose(np.asarray(rgb(params, rays, zero_glo=True)), np.asarray(rgb(zeroed, rays)), atol=1e-6)
+    assert not np.allclose(np.asarray(rgb(params, rays)), np.asarray(rgb(zeroed, rays)), atol=1e-4)
