@@ -18,6 +18,8 @@ report: "rules/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/checks.smk"
+include: "rules/inputs.smk"
 include: "rules/scene.smk"
 include: "rules/intake.smk"
 include: "rules/colmap.smk"

@@ -233,9 +233,6 @@ def write_overview(out_html: str | os.PathLike, *, scene: str, metrics_tsv: str 
     page = overview_html(scene, views, mean, videos=shown["videos"], figures=shown["figures"],
                          not_embedded=not_embedded, note=note, sources=sources)
     out_html = Path(out_html)
-    for stale in out_html.parent.glob(f".{out_html.name}.*"):  # a killed run's temp page (issue #11)
-        if fileio.is_temp_name(stale.name):
-            stale.unlink(missing_ok=True)
     with fileio.atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     embedded = len(shown["videos"]) + len(shown["figures"])

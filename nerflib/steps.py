@@ -247,6 +247,14 @@ def report_figures(scene_json, *, model_dir, out_dir, summary_json="", sparse_di
     return {"out_dir": str(out_dir)}
 
 
+def report_overview(out_html, *, scene, metrics_tsv, videos=None, figures=None) -> dict:
+    """The scene's overview page of the report (nerflib.report_page.write_overview)."""
+    from nerflib import report_page
+
+    _remove_stale_temps(Path(out_html).parent)  # a killed run's temp page (issue #11)
+    return report_page.write_overview(out_html, scene=scene, metrics_tsv=metrics_tsv, videos=videos, figures=figures)
+
+
 def export(scene_json, *, out_dir, what=("ply", "transforms", "colmap"), model_dir=None, images=None,
            sparse_dir=None, options=None) -> dict:
     """Exports for other tools in out_dir: points.ply (needs the model), transforms.json, colmap/ (nerflib.export)."""

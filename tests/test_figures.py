@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nerflib import configs, figures, report_page
+from nerflib import configs, figures, report_page, steps
 from nerflib.types import Camera, Scene
 
 
@@ -171,7 +171,7 @@ def test_overview_write_is_atomic(tmp_path, monkeypatch):
     before = out.read_text()
     stale = tmp_path / ".overview.html.ab12cd_9.dnerftmp.html"  # what a SIGKILL inside the write leaves
     stale.write_text("half a page")
-    report_page.write_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})
+    steps.report_overview(out, scene="demo", metrics_tsv=metrics, videos={"color": videos["color"]})  # the rule's
     assert not stale.exists() and out.read_text() == before
     # A failure (a missing video) leaves the page there untouched and no temp file behind.
     with pytest.raises(FileNotFoundError):

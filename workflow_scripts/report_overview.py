@@ -1,9 +1,9 @@
 """Snakemake entry point of rule report_overview: the scene's overview page of the report."""
-from nerflib import report_page
+from nerflib import steps
 from nerflib.logs import log_to
 
 with log_to(snakemake.log[0]):
-    report_page.write_overview(
+    steps.report_overview(
         snakemake.output[0],
         scene=snakemake.wildcards.scene,
         metrics_tsv=snakemake.input.metrics,
