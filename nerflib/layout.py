@@ -24,6 +24,11 @@ EXPORTS = {"ply": "points.ply", "transforms": "transforms.json", "colmap": "colm
 VIDEOS = ("color", "depth", "acc")
 
 
+def _path(*parts: str, doc: str = "") -> property:
+    """A property: `parts` joined under the layout's root."""
+    return property(lambda self: "/".join((self.root, *parts)), doc=doc)
+
+
 @dataclasses.dataclass(frozen=True)
 class SceneLayout:
     """Where each step of one scene reads and writes, under `root` (results/{scene})."""
@@ -48,88 +53,33 @@ class SceneLayout:
         layout = cls(str(path.parents[depth - 1]))
         return layout if Path(getattr(layout, what)) == path else None
 
-    def _at(self, *parts: str) -> str:
-        return "/".join((self.root, *parts))
-
     # intake and poses
-    @property
-    def photos(self) -> str:
-        """Upright photos written by rule intake (a video, HEIC or EXIF-rotated photos)."""
-        return self._at("photos")
-
-    @property
-    def query_photos(self) -> str:
-        return self._at("query_photos")
-
-    @property
-    def sparse(self) -> str:
-        """The COLMAP model (binary) of the poses step."""
-        return self._at("sparse", "0")
-
-    @property
-    def database(self) -> str:
-        """SfM's COLMAP database (features, matches) beside sparse/; absent when the poses were imported."""
-        return self._at("database.db")
-
-    @property
-    def photos_link(self) -> str:
-        """images/: a symlink to the photos beside sparse/ (what COLMAP users expect)."""
-        return self._at("images")
-
-    @property
-    def poses_dir(self) -> str:
-        return self._at("poses")
-
-    @property
-    def scene_json(self) -> str:
-        return self._at("poses", "scene.json")
-
-    @property
-    def summary_json(self) -> str:
-        return self._at("poses", "summary.json")
+    photos = _path("photos", doc="Upright photos written by rule intake (a video, HEIC or EXIF-rotated photos).")
+    query_photos = _path("query_photos", doc="Upright query photos written by rule intake_queries.")
+    sparse = _path("sparse", "0", doc="The COLMAP model (binary) of the poses step.")
+    database = _path("database.db", doc="SfM's COLMAP database beside sparse/ (absent when poses were imported).")
+    photos_link = _path("images", doc="images/: a symlink to the photos beside sparse/ (what COLMAP users expect).")
+    poses_dir = _path("poses")
+    scene_json = _path("poses", "scene.json")
+    summary_json = _path("poses", "summary.json")
 
     def images(self, factor) -> str:
         """The photos at `factor`: images_{factor}/ (the pyramid), images/ for 1 (the photos themselves)."""
         return self._at("images" if str(factor) == "1" else f"images_{factor}")
 
     # training and products
-    @property
-    def model(self) -> str:
-        return self._at("model")
-
-    @property
-    def final_json(self) -> str:
-        """Written last by training: the rules' handle on the model folder."""
-        return self._at("model", "final.json")
-
-    @property
-    def metrics(self) -> str:
-        return self._at("eval", "metrics.tsv")
-
-    @property
-    def eval_views(self) -> str:
-        return self._at("eval", "views")
+    model = _path("model")
+    final_json = _path("model", "final.json", doc="Written last by training: the rules' handle on the model folder.")
+    metrics = _path("eval", "metrics.tsv")
+    eval_views = _path("eval", "views")
+    render_path = _path("render", "path.json", doc="The cameras of the rendered path.")
+    localize_poses = _path("localize", "poses.json")
+    localize_views = _path("localize", "views")
+    localize_errors = _path("localize", "errors.tsv")
 
     def video(self, kind: str) -> str:
         """render/{kind}.mp4, kind in VIDEOS."""
         return self._at("render", f"{kind}.mp4")
-
-    @property
-    def render_path(self) -> str:
-        """render/path.json: the cameras of the rendered path."""
-        return self._at("render", "path.json")
-
-    @property
-    def localize_poses(self) -> str:
-        return self._at("localize", "poses.json")
-
-    @property
-    def localize_views(self) -> str:
-        return self._at("localize", "views")
-
-    @property
-    def localize_errors(self) -> str:
-        return self._at("localize", "errors.tsv")
 
     def export(self, kind: str) -> str:
         """The file or folder of an export kind (EXPORTS)."""
@@ -137,3 +87,6 @@ class SceneLayout:
 
     def report(self, name: str) -> str:
         return self._at("report", name)
+
+    def _at(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))

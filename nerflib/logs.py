@@ -4,6 +4,7 @@
 such as COLMAP's goes there as well) for the duration of a step. On failure the
 traceback lands in the log, and a one-line error naming the log is written to
 the original stderr, so a Snakemake user sees it on the terminal.
+`progress_bar` is the one progress bar of the long loops (training, rendering, localization).
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ def tell(message: str) -> None:
     print(message, flush=True)
     if _terminals:
         os.write(_terminals[-1], (message.rstrip("\n") + "\n").encode())
+
+
+def progress_bar(total: int, *, desc: str | None = None, unit: str = "it", initial: int = 0, enabled: bool = True):
+    """A tqdm bar on stderr, or None without tqdm. Shown only when `enabled` and stderr is a terminal
+    (a rule's log file gets the log lines instead), or with DNERF_PROGRESS=1."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    shown = enabled and (sys.stderr.isatty() or os.environ.get("DNERF_PROGRESS") == "1")
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                mininterval=1.0, disable=not shown)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -50,6 +49,7 @@ import numpy as np
 from nerflib import camera_path as camera_path_lib
 from nerflib import cameras as cam_lib
 from nerflib import checkpoint, configs, datasets, evaluate, fileio, models, parallel, paths, scene_io
+from nerflib.logs import progress_bar
 from nerflib.types import Camera
 
 KINDS = ("color", "depth", "acc")
@@ -325,18 +325,6 @@ def _agree(todo: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.broadcast_one_to_all(todo.astype(np.int32))).astype(bool)
 
 
-def _progress(total: int, enabled: bool):
-    """A tqdm bar on stderr; like training's, off when stderr is not a terminal (a rule's log
-    file gets the log lines instead) unless DNERF_PROGRESS=1."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    shown = enabled and (sys.stderr.isatty() or os.environ.get("DNERF_PROGRESS") == "1")
-    return tqdm(total=total, desc="render", unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
-                disable=not shown)
-
-
 def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "auto", keyframes=(),
                 n_frames: int = 480, fps: float = 60, factor: int | None = None, chunk_size: int | None = None,
                 pinhole: bool = True, path_options: dict | None = None, mesh=None,
@@ -398,7 +386,7 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
 
     model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, frame.dataset.num_train_images))
     fn = evaluate.make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
-    bar = _progress(int(todo.sum()), progress and main)
+    bar = progress_bar(int(todo.sum()), desc="render", unit="frame", enabled=progress and main)
     every = max(1, int(todo.sum()) // 10)
     done = 0
     for k in np.flatnonzero(todo):

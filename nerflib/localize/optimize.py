@@ -30,6 +30,7 @@ from nerflib.localize.pixels import (
     robust_loss,
 )
 from nerflib.localize.poses import apply_twist, perturb_pose
+from nerflib.logs import progress_bar
 from nerflib.types import CAMERA_MODELS, Camera
 
 NUM_VARS = 7  # twist (6) + log focal scale
@@ -175,16 +176,6 @@ def _make_eval(model, model_name, pivot: str, *, near, far):
     return eval_one
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="it", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
-
-
 def localize(model, params, cfg, queries: Sequence[tuple], *, near: float | None = None, far: float | None = None,
              factor: int | None = None, threshold_psnr: float | None = None, threshold_ncc: float | None = None,
              mesh=None, progress: bool = True, log: Callable[[str], None] | None = None,
@@ -301,7 +292,7 @@ def _optimize(model, params, model_name, opts: Options, build, c2w0, c2w0_d, qid
     levels = opts.coarse_to_fine
     per_level = [opts.iters // len(levels)] * len(levels)
     per_level[-1] += opts.iters - sum(per_level)
-    bar = _progress(opts.iters, progress, "localize")
+    bar = progress_bar(opts.iters, desc="localize", enabled=progress)
     step = 0
     for mult, n_iters in zip(levels, per_level):
         if n_iters == 0:
