@@ -359,17 +359,9 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     mesh = parallel.make_mesh() if mesh is None else mesh
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     frame = training_frame(cfg, scene_json, images=images)
-    kind = path_kind(frame, path)
-    if len(keyframes) and kind != "spline":
-        raise ValueError(f"keyframes {list(keyframes)} are only used by path='spline', not path={path!r}")
-    camera = render_camera(frame.cameras[frame.train[0]], factor=cfg.factor if factor is None else factor,
-                           pinhole=pinhole)
-    if kind == "file":
-        c2w, cameras, fps = camera_path_lib.render_frames(path, frame.normalization, camera)
-        camera = cameras[0]
-    else:
-        c2w = build_path(frame, path=kind, keyframes=keyframes, n_frames=int(n_frames), **dict(path_options or {}))
-        cameras = [camera] * len(c2w)
+    kind, c2w, cameras, fps = _path_cameras(frame, cfg, path=path, keyframes=keyframes, n_frames=n_frames, fps=fps,
+                                            factor=factor, pinhole=pinhole, path_options=path_options)
+    camera = cameras[0]
     n_frames = len(c2w)
     varying = any(c != camera for c in cameras)
     near, far = frame.near, frame.far
@@ -384,10 +376,71 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
     log(f"render: {n_frames} frames of {camera.width}x{camera.height} on the {kind} path "
         f"(model step {step}); {int(todo.sum())} to render, {n_frames - int(todo.sum())} already on disk")
 
+    _render_frames(cfg, params, frame, c2w, cameras, todo, out_dir, near=near, far=far, depth_ref=depth_ref,
+                   chunk=chunk, mesh=mesh, main=main, log=log, progress=progress)
+    parallel.sync("render_path_frames")
+
+    depth_range = [float("nan"), float("nan")]
+    if main:
+        depth_range = write_videos(out_dir, n_frames, fps=fps, depth_ref=depth_ref, log=log)
+        fileio.write_json(out_dir / "path.json", _path_json(frame, kind, path, keyframes, c2w, cameras, fps=fps,
+                                                             depth_ref=depth_ref, depth_range=depth_range, step=step))
+    parallel.sync("render_path_done")
+    seconds = time.perf_counter() - start
+    log(f"render: done in {seconds:.1f} s -> {out_dir}")
+    return {"n_frames": n_frames, "rendered": int(todo.sum()), "skipped": n_frames - int(todo.sum()),
+            "c2w": c2w, "camera": camera, "cameras": cameras, "near": near, "far": far, "depth_range": depth_range,
+            "model_step": step, "seconds": seconds}
+
+
+def _path_json(frame, kind, path, keyframes, c2w, cameras, *, fps, depth_ref, depth_range, step) -> dict:
+    """path.json: the rendered path's cameras in the scene's frame (c2w) and the model's (c2w_model)."""
+    original = c2w if frame.normalization is None else scene_io.transform_poses(c2w, frame.normalization["T_inv"])
+    varying = any(c != cameras[0] for c in cameras)
+    return {
+        "version": 1,
+        "convention": "opencv_c2w",
+        "path": kind,
+        "path_file": str(path) if kind == "file" else None,
+        "keyframes": [frame.names[frame.index(k)] for k in keyframes] if kind == "spline" else [],
+        "n_frames": len(c2w),
+        "fps": fps,
+        "camera": _camera_dict(cameras[0]),
+        "cameras": [_camera_dict(c) for c in cameras] if varying else None,
+        "c2w": np.asarray(original).tolist(),
+        "c2w_model": np.asarray(c2w).tolist(),
+        "normalization": None if frame.normalization is None else frame.normalization["mode"],
+        "near": frame.near,
+        "far": frame.far,
+        "depth_png": {"encoding": "q = round(65535 * ref / (ref + t))", "ref": depth_ref},
+        "depth_video_range": depth_range,
+        "model_step": step,
+    }
+
+
+def _path_cameras(frame, cfg, *, path, keyframes, n_frames, fps, factor, pinhole, path_options):
+    """(path kind, c2w [n, 3, 4] in the training frame, one camera per frame, fps) of `render_path`."""
+    kind = path_kind(frame, path)
+    if len(keyframes) and kind != "spline":
+        raise ValueError(f"keyframes {list(keyframes)} are only used by path='spline', not path={path!r}")
+    camera = render_camera(frame.cameras[frame.train[0]], factor=cfg.factor if factor is None else factor,
+                           pinhole=pinhole)
+    if kind == "file":
+        c2w, cameras, fps = camera_path_lib.render_frames(path, frame.normalization, camera)
+        return kind, c2w, list(cameras), fps
+    c2w = build_path(frame, path=kind, keyframes=keyframes, n_frames=int(n_frames), **dict(path_options or {}))
+    return kind, c2w, [camera] * len(c2w), fps
+
+
+def _render_frames(cfg, params, frame, c2w, cameras, todo, out_dir: Path, *, near, far, depth_ref, chunk, mesh,
+                   main: bool, log, progress: bool) -> None:
+    """Render the frames marked in `todo` into out_dir/frames/ (process 0 writes; every process renders)."""
+    n_frames = len(c2w)
     model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, frame.dataset.num_train_images))
     fn = evaluate.make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
-    bar = progress_bar(int(todo.sum()), desc="render", unit="frame", enabled=progress and main)
-    every = max(1, int(todo.sum()) // 10)
+    total = int(todo.sum())
+    bar = progress_bar(total, desc="render", unit="frame", enabled=progress and main)
+    every = max(1, total // 10)
     done = 0
     for k in np.flatnonzero(todo):
         rays = cam_lib.generate_rays(cameras[k], c2w[k], near=near, far=far)
@@ -400,41 +453,10 @@ def render_path(model_dir, scene_json, out_dir, *, images=None, path: str = "aut
         done += 1
         if bar is not None:
             bar.update(1)
-        if done % every == 0 or done == int(todo.sum()):
-            log(f"render: frame {k + 1}/{n_frames} ({done}/{int(todo.sum())} this run)")
+        if done % every == 0 or done == total:
+            log(f"render: frame {k + 1}/{n_frames} ({done}/{total} this run)")
     if bar is not None:
         bar.close()
-    parallel.sync("render_path_frames")
-
-    depth_range = [float("nan"), float("nan")]
-    if main:
-        depth_range = write_videos(out_dir, n_frames, fps=fps, depth_ref=depth_ref, log=log)
-        original = c2w if frame.normalization is None else scene_io.transform_poses(c2w, frame.normalization["T_inv"])
-        fileio.write_json(out_dir / "path.json", {
-            "version": 1,
-            "convention": "opencv_c2w",
-            "path": kind,
-            "path_file": str(path) if kind == "file" else None,
-            "keyframes": [frame.names[frame.index(k)] for k in keyframes] if kind == "spline" else [],
-            "n_frames": n_frames,
-            "fps": fps,
-            "camera": _camera_dict(camera),
-            "cameras": [_camera_dict(c) for c in cameras] if varying else None,
-            "c2w": np.asarray(original).tolist(),
-            "c2w_model": np.asarray(c2w).tolist(),
-            "normalization": None if frame.normalization is None else frame.normalization["mode"],
-            "near": near,
-            "far": far,
-            "depth_png": {"encoding": "q = round(65535 * ref / (ref + t))", "ref": depth_ref},
-            "depth_video_range": depth_range,
-            "model_step": step,
-        })
-    parallel.sync("render_path_done")
-    seconds = time.perf_counter() - start
-    log(f"render: done in {seconds:.1f} s -> {out_dir}")
-    return {"n_frames": n_frames, "rendered": int(todo.sum()), "skipped": n_frames - int(todo.sum()),
-            "c2w": c2w, "camera": camera, "cameras": cameras, "near": near, "far": far, "depth_range": depth_range,
-            "model_step": step, "seconds": seconds}
 
 
 def write_videos(out_dir: str | os.PathLike, n_frames: int, *, fps: float, depth_ref: float,
