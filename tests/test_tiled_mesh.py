@@ -33,28 +33,28 @@ def _mesh_main() -> None:
     # eps 1e-3: Adam's first steps are then smooth in the gradient (with 1e-15 a gradient that is
     # zero up to round-off would step by +-lr).
     opt = tiled.make_optimizer(lr_init=1e-2, lr_final=1e-3, max_steps=10, eps=1e-3)
-    refs = {}
     model = tiled.TiledModel(small_cfg(), layout(4))
     k = 4
+    step = tiled.make_train_step(model, opt, None, donate=False)  # the single-device reference
+    init = tiled.init_state(model, opt, jax.random.PRNGKey(0))
+    want_state, want_losses = init, []
+    for i in range(2):
+        want_state, stats = step(want_state, rays, rgb, key, 0.5)
+        want_losses.append(float(stats["loss"]))
+    want_state = jax.device_get(want_state)
     for data, tile in MESHES:
-        if k not in refs:  # the single-device reference
-            step = tiled.make_train_step(model, opt, None)
-            state = tiled.init_state(model, opt, jax.random.PRNGKey(0))
-            losses_ = []
-            for i in range(2):
-                state, stats = step(state, rays, rgb, key, 0.5)
-                losses_.append(float(stats["loss"]))
-            refs[k] = (jax.device_get(state), losses_)
         mesh = tiled.make_mesh(data, tile)
         step = tiled.make_train_step(model, opt, mesh)
-        state = tiled.init_state(model, opt, jax.random.PRNGKey(0), mesh)
+        if data == 1:  # created directly with the shardings
+            state = tiled.init_state(model, opt, jax.random.PRNGKey(0), mesh)
+        else:  # (one compile less) the single-device initial state, placed
+            state = jax.device_put(jax.device_get(init), tiled.state_shardings(init, mesh))  # (host copy: donated)
         shard = NamedSharding(mesh, P("data"))
         r, c = jax.device_put((rays, rgb), shard)
         got = []
         for i in range(2):
             state, stats = step(state, r, c, key, 0.5)
             got.append(float(stats["loss"]))
-        want_state, want_losses = refs[k]
         np.testing.assert_allclose(got, want_losses, rtol=1e-5)
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # 1e-3 of lr

@@ -162,7 +162,9 @@ def _sharded_main(devices: int) -> None:
 
 def test_sharded_composite_equals_one_device():
     """2, 4 and 8 devices along the tile axis (one process with 8 host devices)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    # XLA's CPU optimisations off: 3x faster compiles (both sides of each comparison are built alike).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+           "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=300)
     for devices in (2, 4, 8):

@@ -161,14 +161,16 @@ class TiledModel:
     # ----------------------------------------------------------------- parameters
 
     def init(self, key):
-        x = jnp.zeros((2, 2, 3), jnp.float32)
-        cov = jnp.zeros((2, 2, 3, 3), jnp.float32)
-        v = jnp.zeros((2, 3), jnp.float32)
+        """Stacked parameters [K, ...] of the K tiles' fields (flax lazy_init: the initialisers only,
+        no forward pass to compile)."""
+        x = jax.ShapeDtypeStruct((1, 2, 3), jnp.float32)
+        cov = jax.ShapeDtypeStruct((1, 2, 3, 3), jnp.float32)
+        v = jax.ShapeDtypeStruct((1, 3), jnp.float32)
         kp, kn = jax.random.split(key)
 
         def one(kp, kn):
-            return {"prop_field": self.prop_field.init(kp, x, cov)["params"],
-                    "nerf_field": self.nerf_field.init(kn, x, cov, v)["params"]}
+            return {"prop_field": self.prop_field.lazy_init(kp, x, cov)["params"],
+                    "nerf_field": self.nerf_field.lazy_init(kn, x, cov, v)["params"]}
 
         return jax.vmap(one)(jax.random.split(kp, self.k), jax.random.split(kn, self.k))
 
