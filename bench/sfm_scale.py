@@ -1,4 +1,4 @@
-"""SfM at scale: global (GLOMAP) against incremental mapping, on a large synthetic video or a photo folder.
+r"""SfM at scale: global (GLOMAP) against incremental mapping, on a large synthetic video or a photo folder.
 
 Features and matches are computed once (nerflib.sfm.extract_and_match, as
 run_sfm does them), then each mapper maps the same database
@@ -25,10 +25,11 @@ diagnostics run_sfm writes (pose_checks.diagnose).
 Results: a JSON file (--json, default OUT/sfm_scale_<tag>.json) and a table.
 Needs pycolmap, numpy, opencv and jax (CPU is enough); no snakemake.
 
+    END=$(( $(date +%s) + 540 ))
     python bench/sfm_scale.py /tmp/scale --synthetic 1000 --matcher sequential --threads 16 \
-        --cap-seconds incremental=120 --total-seconds 320
+        --cap-seconds incremental=60 --total-seconds 320
     python bench/sfm_scale.py /tmp/scale --photos .bench_data/bonsai/images --matcher sequential \
-        --threads 16 --total-seconds 200 --save-scene .bench_data/bonsai
+        --threads 16 --until $END --save-scene .bench_data/bonsai
 
 Measured on 2 busy cores (pycolmap 4.2.1 CPU): 200 frames, sequential
 matching: extraction 34 s, matching 61 s, global mapping 244 s (200/200,
@@ -315,6 +316,8 @@ def main(argv=None) -> int:
     ap.add_argument("--total-seconds", type=float, default=None,
                     help="wall-time budget of this whole run: every stage's cap is cut to what is left of it "
                          f"(less {RESERVE_S:g} s for the comparisons), so the run ends in time whatever the caps say")
+    ap.add_argument("--until", type=float, default=None, metavar="EPOCH",
+                    help="like --total-seconds, as a Unix time (date +%%s): several runs share one budget")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--matcher", default="auto", help="as run_sfm (auto: exhaustive up to 500 photos, else sequential)")
     ap.add_argument("--overlap", type=int, default=10, help="sequential matcher: neighbours per frame")
@@ -335,7 +338,10 @@ def main(argv=None) -> int:
     report: dict = {"threads": a.threads, "argv": sys.argv[1:] if argv is None else list(argv),
                     "cpu_count": os.cpu_count()}
     t_all = time.perf_counter()
-    deadline = None if a.total_seconds is None else t_all + a.total_seconds
+    ends = [t_all + a.total_seconds] if a.total_seconds is not None else []
+    if a.until is not None:  # perf_counter and the wall clock differ by a constant
+        ends.append(t_all + a.until - time.time())
+    deadline = min(ends) if ends else None
     if a.synthetic:
         loops = a.loops or max(1, round(a.synthetic / FRAMES_PER_LOOP))
         tag = f"synthetic{a.synthetic}"
