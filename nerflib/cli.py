@@ -115,6 +115,9 @@ def _add_poses(sub) -> None:
     p.add_argument("--mapper", choices=MAPPERS, default="incremental",
                    help="incremental (COLMAP), global (GLOMAP, for large captures) or auto (global, then "
                         "incremental when the global model looks wrong; the log says why)")
+    p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto",
+                   help="SIFT extraction and matching on the GPU: auto = where pycolmap is a CUDA build "
+                        "(pycolmap-cuda12) and a GPU is visible (config key sfm.gpu)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
 
@@ -270,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                         poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,
                         max_image_size=args.max_image_size, min_registered_fraction=args.min_registered_fraction,
                         vocab_tree=args.vocab_tree, sequential_overlap=args.sequential_overlap, strict=args.strict,
-                        mapper=args.mapper, threads=args.threads)
+                        mapper=args.mapper, gpu={"yes": True, "no": False}.get(args.gpu, args.gpu),
+                        threads=args.threads)
         elif args.step == "vocab-tree":
             from nerflib import sfm
 

@@ -64,7 +64,7 @@ def _link_images(images: Path, scene: SceneLayout) -> None:
 
 def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="", poses_format="auto",
           single_camera=True, max_image_size=3200, min_registered_fraction=0.5, vocab_tree="",
-          sequential_overlap=10, strict=False, mapper="incremental", threads=1) -> dict:
+          sequential_overlap=10, strict=False, mapper="incremental", gpu="auto", threads=1) -> dict:
     """Camera poses of the photos in `images`, by SfM or from an existing poses file.
 
     Writes into scene_dir (nerflib.layout.SceneLayout): sparse/0/ (COLMAP binary), poses/summary.json
@@ -98,7 +98,7 @@ def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="",
             images, scene_dir, camera_model=camera_model, single_camera=single_camera, matcher=matcher,
             vocab_tree=vocab_tree or None, overlap=sequential_overlap, threads=threads,
             max_image_size=max_image_size, min_registered_fraction=min_registered_fraction, strict=strict,
-            mapper=mapper, summary_path=summary_path,
+            mapper=mapper, gpu=gpu, summary_path=summary_path,
         )
         scene = scene_io.read_colmap(layout.sparse, image_dir=images)
     scene.image_dir = str(images.resolve())

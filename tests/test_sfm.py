@@ -224,6 +224,34 @@ def test_mappers_are_declared_once():
     assert args.mapper == "auto" and cli.build_parser().parse_args(["poses", "photos", "out"]).mapper == default
 
 
+def test_gpu_setting_reaches_run_sfm(tmp_path, monkeypatch):
+    """sfm.gpu (schema, config.yaml) and `nerf poses --gpu` reach run_sfm's gpu; defaults agree."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from nerflib import cli
+
+    root = Path(__file__).resolve().parents[1]
+    entry = yaml.safe_load((root / "config" / "schemas" / "config.schema.yaml").read_text())["properties"]["sfm"][
+        "properties"]["gpu"]
+    default = inspect.signature(sfm.run_sfm).parameters["gpu"].default
+    assert entry["enum"] == ["auto", True, False] and entry["default"] == default == "auto"
+    assert yaml.safe_load((root / "config" / "config.yaml").read_text())["sfm"]["gpu"] == default
+    seen = []
+
+    def run_sfm(*args, gpu, **kwargs):
+        seen.append(gpu)
+        raise _Stop
+
+    monkeypatch.setattr(sfm, "run_sfm", run_sfm)
+    for flag, expected in ((), "auto"), (("--gpu", "no"), False), (("--gpu", "yes"), True):
+        with pytest.raises(_Stop):
+            cli.main(["poses", str(tmp_path), str(tmp_path / "out"), *flag])
+        assert seen[-1] == expected
+
+
 def test_too_few_images(tmp_path):
     _noise_images(tmp_path / "images", 2)
     with pytest.raises(ValueError, match="holds 2 image"):
@@ -421,6 +449,7 @@ def test_auto_picks_vocab_tree_beyond_threshold(synthetic_scene, vocab_tree, tmp
                           threads=THREADS, max_num_features=1024, log=logs.append)
     print("\n".join(logs))
     on_disk = json.loads((tmp_path / "out" / "poses" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
     assert on_disk["matcher"] == "vocab_tree" and on_disk["vocab_tree"] == str(vocab_tree)
     assert on_disk["matcher_reason"] == f"auto: {n} images > 10 and a vocabulary tree is configured"
     assert on_disk["registered"] == n
