@@ -261,10 +261,15 @@ def test_camera_checks_flag_implausible_intrinsics():
         1: pycolmap.Camera(model="PINHOLE", width=240, height=180, params=[208.0, 207.0, 120.0, 90.0]),
         2: pycolmap.Camera(model="OPENCV", width=240, height=180, params=[225.2, 112.4, 120, 90, 0, 0, 0, 0]),
         3: pycolmap.Camera(model="SIMPLE_RADIAL", width=240, height=180, params=[20.0, 120.0, 90.0, 0.0]),
+        # Global mapping of the 96-frame symmetric capture: 3-5 degrees off everywhere, no path jump.
+        4: pycolmap.Camera(model="OPENCV", width=240, height=180, params=[228.1, 210.3, 120, 90, -0.32, 0.21, 0, 0]),
+        # A good self-calibration (bonsai, 800x533).
+        5: pycolmap.Camera(model="OPENCV", width=800, height=533, params=[824.4, 823.5, 400, 266.5, -0.06, 0.15, 0, 0]),
     }
     out = pose_checks.camera_checks(types.SimpleNamespace(cameras=cams))
-    assert [c["problem"] is None for c in out] == [True, False, False]
+    assert [c["problem"] is None for c in out] == [True, False, False, False, True]
     assert "fx/fy = 2.00" in out[1]["problem"] and "focal length 20 px" in out[2]["problem"]
+    assert "fx/fy = 1.08" in out[3]["problem"]
 
 
 def test_many_jumps_leave_no_arc_trusted():
