@@ -214,7 +214,11 @@ class TiledModel:
         t_enter_all = self._bounds(rays, all_b["lo"], all_b["hi"])[0].T  # [R, K]: every tile, for the order
         t_enter, s_in, s_out = self._bounds(rays, boxes["lo"], boxes["hi"])  # [Kl, R(, 1)]
         _, s_to_t = coord.construct_ray_warps(cfg.raydist_fn, rays.near, rays.far)
-        anneal = models._schlick_bias(jnp.clip(train_frac, 0.0, 1.0), cfg.anneal_slope) if cfg.anneal_slope > 0 else 1.0
+        if cfg.anneal_slope > 0:  # models.NerfModel's annealing: Schlick's bias of the training fraction
+            x, slope = jnp.clip(train_frac, 0.0, 1.0), cfg.anneal_slope
+            anneal = slope * x / ((slope - 1.0) * x + 1.0)
+        else:
+            anneal = 1.0
 
         def encode(c_lo, c_hi, means):  # world -> contracted -> this tile's box as [-2, 2]^3
             x = coord.contract(means) if cfg.contraction == "mipnerf360" else means
