@@ -45,7 +45,8 @@ LINKS = (("NVLink 4 (H100 SXM, 8 GPUs)", 350e9, 15e-6), ("400 Gb/s InfiniBand pe
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="folder for the city and the results")
+    ap.add_argument("--out", required=True, help="folder for the results (and the city, without --data)")
+    ap.add_argument("--data", default=None, help="folder for the city (default OUT/city)")
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="tile counts (powers of two)")
     ap.add_argument("--seconds", type=float, default=40.0, help="training time per K")
     ap.add_argument("--batch", type=int, default=8192, help="rays per step")
@@ -72,10 +73,14 @@ def parse(argv=None):
 # --------------------------------------------------------------------------- data
 
 
+def city_dir(a) -> Path:
+    return Path(a.data) if a.data else Path(a.out) / "city"
+
+
 def make_data(a) -> Path:
     from nerflib import synthetic_city
 
-    out = Path(a.out) / "city"
+    out = city_dir(a)
     if not (out / "gt" / "meta.json").is_file():
         summary = synthetic_city.generate(out, blocks=a.blocks, n_street=a.views[0], n_aerial=a.views[1],
                                           n_heldout=a.heldout, width=a.size[0], height=a.size[1],
@@ -154,7 +159,7 @@ def train_one(a, k: int) -> dict:
     from nerflib import math as nmath
     from nerflib import tiled
 
-    rays_np, rgb_np, views, centres = load(Path(a.out) / "city")
+    rays_np, rgb_np, views, centres = load(city_dir(a))
     model = model_for(a, k, centres)
     lr_init, lr_final = 1e-2, 1e-3
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr_init, b1=0.9, b2=0.99, eps=1e-15)
@@ -239,7 +244,7 @@ def scaling(a) -> list[dict]:
 
     from nerflib import tiled
 
-    rays_np, rgb_np, _, centres = load(Path(a.out) / "city")
+    rays_np, rgb_np, _, centres = load(city_dir(a))
     n_dev = jax.device_count()
     rows = []
     t = 1

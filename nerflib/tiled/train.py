@@ -11,11 +11,13 @@ are replicated over 'data'). With mesh None everything runs on one device: the
 reference the sharded step must equal.
 
 Short names: K tiles, T = mesh.shape['tile'] (K % T == 0, K / T tiles per device),
-D = mesh.shape['data'], R rays per step (R % D == 0).
+D = mesh.shape['data'], R rays per step (R % D == 0). `save_state` / `restore_state`: orbax
+checkpoints of the sharded state, restored onto any mesh whose 'tile' size divides K.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax
@@ -100,6 +102,31 @@ def make_train_step(model: TiledModel, optimizer, mesh: Mesh | None = None, *, d
     rep = NamedSharding(mesh, P())
     return jax.jit(step, donate_argnums=donate_argnums, in_shardings=(st, data, data, rep, rep),
                    out_shardings=(st, rep))
+
+
+def save_state(path, state: TiledState) -> None:
+    """Write `state` to the new folder `path` (orbax, sharded: every process writes the shards of the
+    tiles on its devices, so no device ever holds another tile's parameters)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), state)
+
+
+def restore_state(path, model: TiledModel, optimizer, mesh: Mesh | None = None) -> TiledState:
+    """A state saved by `save_state`, read straight into the shardings of `mesh` (any 'tile' size
+    that divides K: a tile's arrays are read only on its devices), or onto one device."""
+    import orbax.checkpoint as ocp
+
+    shapes = jax.eval_shape(lambda k: init_state(model, optimizer, k), jax.random.PRNGKey(0))
+    if mesh is None:
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: dev, shapes)
+    else:
+        shardings = state_shardings(shapes, mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(path), abstract)
 
 
 def exchange_bytes(model: TiledModel) -> dict:
