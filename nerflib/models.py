@@ -591,13 +591,17 @@ class NerfModel(nn.Module):
             tdist = s_to_t(sdist)
 
             count = (cfg.prop_multisamples if is_prop else cfg.multisamples) if cfg.field == "hashgrid" else 0
+            # Camera refinement learns from the final round only: d(loss)/d(position) through a hash
+            # grid costs a second round of its gathers, which the proposal rounds need not pay.
+            ray = (origins, directions) if not (is_prop and cfg.refine_poses) else (
+                jax.lax.stop_gradient(origins), jax.lax.stop_gradient(directions))
             if count:
                 key, rng = _split(rng)
                 # covs: the multisamples' stds [..., n, k] (what Field reads with multisampling).
-                means, covs = coord.multisample_frustum(tdist, origins, directions, radii, count=count,
+                means, covs = coord.multisample_frustum(tdist, *ray, radii, count=count,
                                                         std_scale=cfg.multisample_std_scale, key=key)
             else:
-                means, covs = coord.cast_rays(tdist, origins, directions, radii, diag=False)
+                means, covs = coord.cast_rays(tdist, *ray, radii, diag=False)
             if cfg.disable_integration:
                 covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE.
             if is_prop:
