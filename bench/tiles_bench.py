@@ -168,7 +168,7 @@ def train_one(a, k: int) -> dict:
     n = rgb.shape[0]
 
     @jax.jit
-    def train_step(state, key, frac):
+    def train_step(state, key, frac, rays, rgb):  # all rays as arguments (never baked into the program)
         lr = lr_init * (lr_final / lr_init) ** frac
         state = state.replace(opt_state=state.opt_state._replace(
             hyperparams={**state.opt_state.hyperparams, "learning_rate": lr}))
@@ -178,12 +178,12 @@ def train_one(a, k: int) -> dict:
     state = tiled.init_state(model, opt, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     t0 = time.perf_counter()
-    state, stats = train_step(state, jax.random.fold_in(key, 0), 0.0)
+    state, stats = train_step(state, jax.random.fold_in(key, 0), 0.0, rays, rgb)
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
     steps, t0 = 1, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < a.seconds:
-        state, stats = train_step(state, jax.random.fold_in(key, steps), min(1.0, elapsed / a.seconds))
+        state, stats = train_step(state, jax.random.fold_in(key, steps), min(1.0, elapsed / a.seconds), rays, rgb)
         steps += 1
         if steps % 50 == 0:
             jax.block_until_ready(stats)
