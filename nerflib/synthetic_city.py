@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -137,7 +136,7 @@ def _ground(city: City, x, y):
     in_grass = inside(x, 1.5) & inside(y, 1.5)
     col = np.where(in_block[:, None], np.where(in_grass[:, None], grass, paving), asphalt)
     sc = city.street_centres()
-    dash = lambda c, along: (np.min(np.abs(c[:, None] - sc), axis=1) < 0.12) & (along / 3.0 % 1.0 < 0.5)  # noqa: E731
+    dash = lambda c, along: (np.min(np.abs(c[:, None] - sc), axis=1) < 0.12) & (along / 3.0 % 1.0 < 0.5)
     line = (dash(y, x) | dash(x, y)) & ~in_block
     return np.where(line[:, None], np.array([0.95, 0.92, 0.8]), col)
 
@@ -286,9 +285,9 @@ def generate(out_dir, *, blocks: int = 3, block: float = 10.0, street: float = 5
     frac = n_street / max(1, n_street + n_aerial)
 
     def split(n):
-        return int(round(n * frac)), n - int(round(n * frac))
+        return round(n * frac), n - round(n * frac)
 
-    opts = dict(supersample=supersample, jpeg_quality=jpeg_quality, far=far, workers=int(workers))
+    opts = {"supersample": supersample, "jpeg_quality": jpeg_quality, "far": far, "workers": int(workers)}
     sets = {
         "scene": _write_set(out_dir, "images", "", city, _views(city, n_street, n_aerial, [seed, 1]), camera, **opts),
         "heldout": _write_set(out_dir, "heldout", "h", city, _views(city, *split(n_heldout), [seed, 2]), camera,

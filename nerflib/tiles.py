@@ -76,7 +76,7 @@ def segment(tdist, density, rgbs, dirs, t_enter) -> Segment:
 
 def stack(segments: list[Segment]) -> Segment:
     """K segments [...] -> one Segment [..., K] (rgb [..., K, 3])."""
-    field = lambda name, axis: jnp.stack([getattr(s, name) for s in segments], axis=axis)  # noqa: E731
+    field = lambda name, axis: jnp.stack([getattr(s, name) for s in segments], axis=axis)
     return Segment(t_enter=field("t_enter", -1), trans=field("trans", -1), rgb=field("rgb", -2),
                    acc=field("acc", -1), wt=field("wt", -1), distortion=field("distortion", -1))
 
@@ -84,7 +84,7 @@ def stack(segments: list[Segment]) -> Segment:
 def _sorted(seg: Segment) -> Segment:
     """Each ray's segments in the order the ray enters the tiles ([..., K] along the last tile axis)."""
     order = jnp.argsort(seg.t_enter, axis=-1)
-    take = lambda x: jnp.take_along_axis(x, order, axis=-1)  # noqa: E731
+    take = lambda x: jnp.take_along_axis(x, order, axis=-1)
     return Segment(t_enter=take(seg.t_enter), trans=take(seg.trans),
                    rgb=jnp.take_along_axis(seg.rgb, order[..., None], axis=-2), acc=take(seg.acc),
                    wt=take(seg.wt), distortion=take(seg.distortion))

@@ -16,14 +16,15 @@ compare two computations of the same build.
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers.tiled import layout, noisy_params, random_rays, run_script, small_cfg
+
 from nerflib import losses, models, tiled
 
 HERE = Path(__file__).resolve()

@@ -33,8 +33,8 @@ def test_a_pixel_sees_the_surface_the_geometry_predicts():
     lo, hi = city.lo[0], city.hi[0]
     # Straight down onto the middle of the first roof: roof colour; straight along a street: ground.
     o = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]), hi[2] + 10.0])
-    rgb, t = synthetic_city._shade(city, o, np.array([[0.0, 0.0, -1.0]]))
+    _, t = synthetic_city._shade(city, o, np.array([[0.0, 0.0, -1.0]]))
     np.testing.assert_allclose(t, [10.0])
     street = city.street_centres()[0]
-    rgb, t = synthetic_city._shade(city, np.array([street, street, 2.0]), np.array([[0.0, 0.6, -0.8]]))
+    _, t = synthetic_city._shade(city, np.array([street, street, 2.0]), np.array([[0.0, 0.6, -0.8]]))
     np.testing.assert_allclose(t, [2.5])  # the ground, 2.5 m along the ray

@@ -17,8 +17,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from helpers.tiled import layout, random_rays, run_script, small_cfg
+
 from nerflib import tiled
 
 HERE = Path(__file__).resolve()
@@ -27,7 +27,8 @@ MESHES = ((1, 2), (2, 2), (2, 4))  # (data, tile): 2, 4, 8 devices
 
 
 def _mesh_main() -> None:
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     rays = random_rays(4, 32)
     rgb = jnp.asarray(np.random.default_rng(5).uniform(size=(32, 3)), jnp.float32)

@@ -255,7 +255,7 @@ class TiledModel:
             if cfg.stop_level_grad:
                 sdist = jax.lax.stop_gradient(sdist)
             tdist = s_to_t(sdist)
-            means, covs = coord.cast_rays(tdist, rays.origins, rays.directions, rays.radii, diag=False)
+            means, _ = coord.cast_rays(tdist, rays.origins, rays.directions, rays.radii, diag=False)
             x = encode(boxes["c_lo"][:, None, None], boxes["c_hi"][:, None, None], means)
             zeros = jnp.zeros(x.shape + (3,), x.dtype)
             if is_prop:
@@ -324,7 +324,7 @@ class TiledModel:
         kl = self.k // n_tile
 
         def local(params, boxes, rays, jitter, train_frac):
-            gather = lambda x: tiles.gather_last(x, axis_name="tile")  # noqa: E731
+            gather = lambda x: tiles.gather_last(x, axis_name="tile")
             offset = jax.lax.axis_index("tile") * kl
             return self.render_local(params, boxes, rays, jitter=jitter, train_frac=train_frac, gather=gather,
                                      tile_offset=offset)

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nerflib.tiled.model import TiledModel
 
@@ -50,7 +51,7 @@ def make_optimizer(*, lr_init: float = 1e-2, lr_final: float = 1e-3, max_steps: 
     """Adam with a log-linear decay lr_init -> lr_final (configs.fast's optimiser, no warm-up)."""
     if not (lr_init > 0 and lr_final > 0 and max_steps >= 1):
         raise ValueError(f"need lr_init, lr_final > 0 and max_steps >= 1, got {lr_init}, {lr_final}, {max_steps}")
-    sched = lambda step: lr_init * (lr_final / lr_init) ** jnp.clip(step / max_steps, 0.0, 1.0)  # noqa: E731
+    sched = lambda step: lr_init * (lr_final / lr_init) ** jnp.clip(step / max_steps, 0.0, 1.0)
     return optax.adam(sched, b1=b1, b2=b2, eps=eps)
 
 
