@@ -7,10 +7,25 @@
           save_state / restore_state (orbax, sharded per tile)
 """
 
-from nerflib.tiled.model import (TiledModel, TileLayout, before_of, layout_from_points, untiled_reference,
-                                 whole_space_layout)
-from nerflib.tiled.train import (TiledState, exchange_bytes, init_state, make_mesh, make_optimizer, make_train_step,
-                                 restore_state, save_state, state_shardings)
+from nerflib.tiled.model import (
+                                 TiledModel,
+                                 TileLayout,
+                                 before_of,
+                                 layout_from_points,
+                                 untiled_reference,
+                                 whole_space_layout,
+)
+from nerflib.tiled.train import (
+                                 TiledState,
+                                 exchange_bytes,
+                                 init_state,
+                                 make_mesh,
+                                 make_optimizer,
+                                 make_train_step,
+                                 restore_state,
+                                 save_state,
+                                 state_shardings,
+)
 
 __all__ = [
                                  "TileLayout",
