@@ -53,4 +53,4 @@ rule localize_errors:
     conda:
         "../envs/nerf.yaml"
     script:
-        "../workflow_scripts/localize.py"
+        "../workflow_scripts/localize_errors.py"

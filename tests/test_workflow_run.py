@@ -257,7 +257,7 @@ def test_report_in_a_browser(demo_run, demo_report, tmp_path):
     load (size and length read by each <video>); Results > demo > metrics.tsv and color.mp4 must
     hand over the files themselves (downloads, in report.html) and a held-out view must display. Skipped without Chromium, chromedriver or selenium.
     """
-    import browser
+    from helpers import browser
 
     reason = browser.missing()
     if reason:
