@@ -233,14 +233,14 @@ def test_camera_figure_circles_and_names_flagged_frames(tmp_path):
 
 
 def test_localize_ground_truth_alignment_warns_when_the_sets_disagree(tmp_path):
-    from nerflib import localize_step, scene_io
+    from nerflib import localize, scene_io
 
     c2w = synthetic_hard.ordered_path_c2w(16, seed=0)
     scene = _path_scene(c2w)
     for key, ref in (("agree", c2w), ("disagree", np.concatenate([c2w[:8], _turn_about_z(c2w[8:], 170.0)]))):
         scene_io.write_poses_json(_path_scene(ref), tmp_path / f"{key}.json")
         logs: list[str] = []
-        localize_step.load_ground_truth(tmp_path / f"{key}.json", scene, log=logs.append)
+        localize.load_ground_truth(tmp_path / f"{key}.json", scene, log=logs.append)
         warned = [m for m in logs if "WARNING" in m]
         assert bool(warned) == (key == "disagree"), logs
     assert "disagree" in warned[0] and "most off:" in warned[0] and ".jpg" in warned[0]

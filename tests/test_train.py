@@ -19,40 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.training import compile_cache, subprocess_env, toy_config
+
 HERE = Path(__file__).resolve()
-REPO = HERE.parent.parent
-
-# Small enough to compile in seconds at XLA optimisation level 0.
-# prop_grad_fraction=0.5 (the fast preset's option): test_parallel's 4-device and 2-process runs,
-# which must equal one device's, then also check its strided split of a sharded batch.
-TOY_MODEL = dict(num_prop_samples=(8,), num_levels=2, num_nerf_samples=8, prop_net_width=16, prop_net_depth=1,
-                 nerf_net_width=16, nerf_net_depth=2, bottleneck_width=8, net_width_viewdirs=8, max_deg_point=4,
-                 basis_subdivisions=1, prop_grad_fraction=0.5,
-                 # Empty-space skipping with a budget that leaves rays out at first: the 4-device and
-                 # 2-process equality tests (test_parallel.py) cover its packing under sharding.
-                 skip_threshold=0.05, sample_budget=0.75, prop_sparsity_mult=0.01)
-
-
-def toy_config(**overrides):
-    from nerflib import configs
-
-    base = dict(factor=1, normalize=None, batch_size=64, max_steps=6, print_every=1, tb_every=1,
-                checkpoint_every=3, model=dict(TOY_MODEL))
-    base.update(overrides)
-    return configs.tiny(**base)
-
-
-def subprocess_env(cache: Path, devices: int = 1) -> dict:
-    """Environment of a training subprocess: CPU, `devices` devices, fast compiles, a shared compile cache."""
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-        DNERF_JAX_CACHE=str(cache),
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
-
 
 # --------------------------------------------------------------------------- the subprocess side
 
@@ -115,11 +84,6 @@ if __name__ == "__main__":
 
 
 # --------------------------------------------------------------------------- tests
-
-
-def compile_cache(tmp_path_factory) -> Path:
-    """One JAX compilation cache for all training subprocesses of the session (same toy step, compiled once)."""
-    return tmp_path_factory.getbasetemp() / "dnerf_jax_cache"
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +179,7 @@ def test_nan_steps_skipped_then_restore_and_lr_drop(runs):
     lines = (out / "nan" / "train.tsv").read_text().splitlines()[1:]
     assert [int(line.split("\t")[0]) for line in lines] == [1, 2, 3, 4, 5, 6]
     # TensorBoard shows each step once too: the rewind's new event file hides the NaN steps 4..6.
-    from tbtools import tensorboard_steps
+    from helpers.tbtools import tensorboard_steps
 
     assert tensorboard_steps(out / "nan" / "tb") == [1, 2, 3, 4, 5, 6]
 

@@ -7,4 +7,5 @@
              dry runs, the demo run in the background (DemoRun), the reduced demo config
   killharness  the runs, kills and comparisons of test_kill_resume
   images, surfaces, tbtools, browser   test images, the demo's surfaces, TensorBoard events, a headless browser
+  tiled      the tiled model's toy scenes and subprocess checks (tests/test_tiled*.py)
 """
