@@ -160,8 +160,18 @@ def setup(preset: str, batch: int, n_dev: int, args, train_ds, run_set=()) -> ty
                                  key=parallel.replicate(np.asarray(jax.device_get(key)), mesh))
 
 
+T_START = time.perf_counter()
+
+
+def wall(msg: str) -> None:
+    """Print msg with the wall-clock seconds since the start (to see where a call's time went)."""
+    print(f"  [wall {time.perf_counter() - T_START:6.1f} s] {msg}", flush=True)
+
+
 def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, seconds: float, run_set=()) -> dict:
+    wall(f"{preset} {' '.join(run_set)}: setting up")
     run = setup(preset, batch, n_dev, args, train_ds, run_set)
+    wall("set up; first step (compiles)")
     cfg, model, mesh, state, step, data, key = run.cfg, run.model, run.mesh, run.state, run.step, run.data, run.key
     marks = sorted(float(s) for s in args.eval_at)
     evals = []
@@ -169,6 +179,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
     state, stats = step(state, data, key)
     jax.block_until_ready(stats["loss"])
     first_step_s = time.perf_counter() - t0
+    wall(f"first step done in {first_step_s:.1f} s")
     clock = first_step_s  # training wall-clock, evaluation excluded
     n = 1
     window_start, rates = time.perf_counter(), []
@@ -188,6 +199,7 @@ def run_one(preset: str, batch: int, n_dev: int, args, train_ds, test_ds, second
         window_start = now
         while marks and clock >= marks[0]:
             marks.pop(0)
+            wall(f"evaluating at {clock:.0f} s of training")
             psnr, ssim = held_out_quality(cfg, model, state.params, test_ds, mesh, args.eval_views)
             evals.append({"train_s": round(clock, 1), "step": n, "psnr": round(psnr, 3), "ssim": round(ssim, 4)})
             print(f"  [{preset} b{batch} x{n_dev}] {clock:.0f}s step {n}: held-out PSNR {psnr:.2f} SSIM {ssim:.3f}",
