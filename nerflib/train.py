@@ -56,7 +56,7 @@ from nerflib import checkpoint, configs, datasets, fileio, losses, parallel
 from nerflib import fingerprint as fp_lib
 from nerflib import evaluate as eval_lib
 from nerflib import math as nmath
-from nerflib import models
+from nerflib import models, pose_refine
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM-killed program.
 OLD_RUN_DIR = "checkpoints.old"  # where a run of other inputs goes when a fresh training starts
@@ -168,11 +168,11 @@ def init_state(cfg: configs.Config, dataset: datasets.Dataset, key, mesh, *, mod
     model = make_model(cfg, dataset.num_train_images) if model is None else model
     tx = make_optimizer(cfg)
 
-    precond = models.pose_preconditioner(dataset.c2w) if cfg.model.refine_poses else None
+    precond = pose_refine.pose_preconditioner(dataset.c2w) if cfg.model.refine_poses else None
 
     def init(key):
         params = models.init_variables(model, key)["params"]
-        if precond is not None:  # the cameras' own preconditioners (models.pose_preconditioner)
+        if precond is not None:  # the cameras' own preconditioners (pose_refine.pose_preconditioner)
             params = {**params, "pose_precondition": jnp.asarray(precond)}
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -225,7 +225,7 @@ def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBa
             )
             loss, stats = losses.total_loss(renderings, ray_history, batch.rgb, cfg.model)
             if cfg.model.refine_poses:
-                stats["pose_reg"] = models.pose_regularizer(params, cfg.model)
+                stats["pose_reg"] = pose_refine.pose_regularizer(params, cfg.model)
                 loss = loss + stats["pose_reg"]
             return loss, stats
 
@@ -691,45 +691,6 @@ class _Run:
         }
 
 
-REFINED_POSES = "refined_poses.json"  # beside the checkpoints, with cfg.model.refine_poses
-
-
-def write_refined_poses(path: Path, dataset: datasets.Dataset, delta: np.ndarray, *, main: bool = True) -> dict:
-    """The training images' poses after camera refinement, as JSON at `path` (process 0 writes).
-
-    Per image: its name, the learned rotation (degrees) and translation (world units of the
-    scene as given, i.e. before normalization), and the refined camera-to-world matrix in the
-    scene's own frame; 'summary' holds the median and largest corrections.
-    """
-    from nerflib import scene_io
-
-    c2w = models.refined_c2w(dataset.c2w, delta)
-    norm = dataset.normalization
-    scale = 1.0
-    if norm is not None:  # back to the frame of the input poses
-        c2w = scene_io.transform_poses(c2w, norm["T_inv"])
-        scale = 1.0 / float(norm["scale"])
-    rot_deg = np.degrees(np.linalg.norm(delta[:, :3], axis=-1))
-    trans = np.linalg.norm(delta[:, 3:], axis=-1) * scale
-    out = {
-        "frame": "input" if norm is not None else "training",
-        "summary": {
-            "images": len(dataset.names),
-            "median_rotation_deg": float(np.median(rot_deg)),
-            "max_rotation_deg": float(np.max(rot_deg)),
-            "median_translation": float(np.median(trans)),
-            "max_translation": float(np.max(trans)),
-        },
-        "images": [
-            {"name": name, "rotation_deg": float(r), "translation": float(t), "c2w": np.round(m, 9).tolist()}
-            for name, r, t, m in zip(dataset.names, rot_deg, trans, c2w)
-        ],
-    }
-    if main:
-        fileio.write_json(path, out)
-    return out
-
-
 def train(
     cfg: configs.Config,
     dataset: datasets.Dataset,
@@ -773,8 +734,8 @@ def train(
         # refuses arrays that span processes).
         local = {k: np.asarray(run.state.params[k].addressable_data(0), np.float64)
                  for k in ("pose_delta", "pose_precondition")}
-        refined = write_refined_poses(Path(out_dir) / REFINED_POSES, dataset,
-                                      np.asarray(models.pose_deltas(local, cfg.model), np.float64),
+        refined = pose_refine.write_refined_poses(Path(out_dir) / pose_refine.REFINED_POSES, dataset,
+                                      np.asarray(pose_refine.pose_deltas(local, cfg.model), np.float64),
                                       main=jax.process_index() == 0)
         summary["pose_refinement"] = refined["summary"]
     run.log(f"training done: {summary}")

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from nerflib import cameras, configs, coord, hashgrid, models, rigid
+from nerflib import cameras, configs, coord, hashgrid, models, pose_refine, rigid
 from nerflib.types import Camera
 
 
@@ -100,13 +100,13 @@ def test_pose_delta_on_rays_equals_rays_of_the_refined_camera():
     camera = Camera("PINHOLE", 8, 6, (7.0, 7.0, 4.0, 3.0))
     c2w = np.stack([_look_at(np.array([0.3, -0.2, -3.0])), _look_at(np.array([2.0, 0.5, -2.0]))])
     delta = np.array([[0.02, -0.01, 0.03, 0.05, -0.02, 0.01], [-0.04, 0.02, 0.0, 0.0, 0.03, -0.06]])
-    refined = models.refined_c2w(c2w, delta)
+    refined = pose_refine.refined_c2w(c2w, delta)
     assert np.allclose(refined[:, :, :3] @ np.swapaxes(refined[:, :, :3], 1, 2), np.eye(3), atol=1e-12)
     for i in range(2):
         before = cameras.generate_rays(camera, c2w[i], near=0.1, far=10.0, dtype=np.float64)
         after = cameras.generate_rays(camera, refined[i], near=0.1, far=10.0, dtype=np.float64)
         d = jnp.asarray(np.broadcast_to(delta[i], before.origins.shape[:-1] + (6,)))
-        o, dirs, v = models.apply_pose_delta(d, *(jnp.asarray(a) for a in (before.origins, before.directions,
+        o, dirs, v = pose_refine.apply_pose_delta(d, *(jnp.asarray(a) for a in (before.origins, before.directions,
                                                                            before.viewdirs)))
         np.testing.assert_allclose(np.asarray(o), after.origins, atol=1e-6)
         np.testing.assert_allclose(np.asarray(dirs), after.directions, atol=1e-6)
@@ -132,7 +132,7 @@ def test_camera_refinement_recovers_a_known_perturbation_of_the_poses():
     c2w_true = np.stack([_look_at(e) for e in eyes])
     rng = np.random.default_rng(3)
     perturb = np.concatenate([rng.normal(size=(4, 3)) * np.radians(0.5), rng.normal(size=(4, 3)) * 0.015], -1)
-    c2w_start = models.refined_c2w(c2w_true, perturb)  # what SfM gave us
+    c2w_start = pose_refine.refined_c2w(c2w_true, perturb)  # what SfM gave us
 
     def rays_of(c2w):
         rs = [cameras.generate_rays(camera, c, near=0.1, far=10.0, cam_idx=i) for i, c in enumerate(c2w)]
@@ -144,11 +144,11 @@ def test_camera_refinement_recovers_a_known_perturbation_of_the_poses():
     o, d, cam = rays_of(c2w_start)
     cam = cam[:, 0]
 
-    precond = jnp.asarray(models.pose_preconditioner(c2w_start))
+    precond = jnp.asarray(pose_refine.pose_preconditioner(c2w_start))
 
     def loss(params):
-        delta = models.pose_delta_of(params[cam], precond[cam], cfg)
-        o2, d2, _ = models.apply_pose_delta(delta, o, d, d)
+        delta = pose_refine.pose_delta_of(params[cam], precond[cam], cfg)
+        o2, d2, _ = pose_refine.apply_pose_delta(delta, o, d, d)
         return jnp.mean(jnp.square(_plane_colour(o2, d2) - target))
 
     tx = optax.adam(0.01)
@@ -163,7 +163,7 @@ def test_camera_refinement_recovers_a_known_perturbation_of_the_poses():
 
     for _ in range(3500):
         params, opt = step(params, opt)
-    refined = models.refined_c2w(c2w_start, np.asarray(models.pose_deltas(
+    refined = pose_refine.refined_c2w(c2w_start, np.asarray(pose_refine.pose_deltas(
         {"pose_delta": params, "pose_precondition": precond}, cfg), np.float64))
     err_before = rigid.pose_errors(c2w_start, c2w_true, align=False)
     err_after = rigid.pose_errors(refined, c2w_true, align=False)
@@ -182,7 +182,7 @@ def test_training_with_refinement_writes_the_refined_poses(tmp_path):
                                         "checkpoint_every": 6, "normalize": "360", "test_every": 3, "factor": 1})
     ds = datasets.load_for_config(cfg, scene, split="train")
     summary = train.train(cfg, ds, tmp_path / "model", progress=False, tb=False)
-    out = json.loads((tmp_path / "model" / train.REFINED_POSES).read_text())
+    out = json.loads((tmp_path / "model" / pose_refine.REFINED_POSES).read_text())
     assert [im["name"] for im in out["images"]] == ds.names and out["frame"] == "input"
     assert summary["pose_refinement"] == out["summary"] and out["summary"]["max_rotation_deg"] > 0
     # In the input frame: an image's refined pose is close to (not exactly) its input pose.
