@@ -44,23 +44,29 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from nerflib import checkpoint, configs, datasets, fileio, losses, parallel
+from nerflib import checkpoint, configs, datasets, parallel
 from nerflib import fingerprint as fp_lib
 from nerflib import evaluate as eval_lib
-from nerflib import math as nmath
-from nerflib import models, pose_refine
+from nerflib import pose_refine, train_report
+from nerflib.train_report import TSV_COLUMNS  # noqa: F401 (re-exported)
+from nerflib.train_step import (  # noqa: F401 (re-exported: the step is part of this module's API)
+    TrainState,
+    enable_compilation_cache,
+    clip_by_module_norm,
+    init_state,
+    lr_at,
+    make_model,
+    make_optimizer,
+    make_train_step,
+)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM-killed program.
 OLD_RUN_DIR = "checkpoints.old"  # where a run of other inputs goes when a fresh training starts
-TSV_COLUMNS = ("step", "loss", "psnr", "lr", "rays_per_s", "elapsed_s")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C.
 _PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
@@ -76,193 +82,6 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         return f"preempted by {self.signame}: checkpoint saved at step {self.step}; rerun to resume"
-
-
-@flax.struct.dataclass
-class TrainState:
-    """step: int32 []; params / opt_state: pytrees; lr_mult: float32 []; num_skipped: int32 []."""
-
-    step: jnp.ndarray
-    params: Any
-    opt_state: Any
-    lr_mult: jnp.ndarray
-    num_skipped: jnp.ndarray
-
-
-# --------------------------------------------------------------------------- set-up
-
-
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
-    """Turn on JAX's persistent compilation cache; returns its directory (None if off).
-
-    path, else $DNERF_JAX_CACHE, else ~/.cache/dnerf/jax; 'off' (or '') disables.
-    An existing setting (e.g. JAX_COMPILATION_CACHE_DIR) is kept.
-    """
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    value = str(path) if path is not None else os.environ.get("DNERF_JAX_CACHE", "~/.cache/dnerf/jax")
-    if value.strip().lower() in ("", "off", "0", "none", "false"):
-        return None
-    directory = Path(value).expanduser()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # a read-only home must not stop training
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    return str(directory)
-
-
-def make_model(cfg: configs.Config, num_images: int):
-    return models.make_model(cfg.model, num_images=num_images)
-
-
-def lr_at(cfg: configs.Config, step):
-    """The scheduled learning rate at `step` (before TrainState.lr_mult)."""
-    return nmath.learning_rate_decay(
-        step, lr_init=cfg.lr_init, lr_final=cfg.lr_final, max_steps=cfg.max_steps,
-        lr_delay_steps=cfg.lr_delay_steps, lr_delay_mult=cfg.lr_delay_mult,
-    )
-
-
-def _tree_norm(tree):
-    """sqrt of the sum of squares of all leaves (optax.global_norm, which newer optax renames)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def clip_by_module_norm(max_norm: float) -> optax.GradientTransformation:
-    """Scale each top-level subtree to norm <= max_norm (multinerf's clip_gradients).
-
-    mult = min(1, max_norm / (eps + |g|)) per module, eps = float32 epsilon.
-    """
-
-    def update_fn(updates, state, params=None):
-        del params
-        eps = jnp.finfo(jnp.float32).eps
-        if not isinstance(updates, dict):
-            modules = {"": updates}
-        else:
-            modules = updates
-        out = {}
-        for name, g in modules.items():
-            mult = jnp.minimum(1.0, max_norm / (eps + _tree_norm(g)))
-            out[name] = jax.tree_util.tree_map(lambda z, m=mult: z * m, g)
-        return (out[""] if not isinstance(updates, dict) else type(updates)(out)), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-def make_optimizer(cfg: configs.Config) -> optax.GradientTransformation:
-    """Clipping + Adam's scaling; the learning rate is applied in the step (it depends on lr_mult)."""
-    parts = []
-    if cfg.grad_max_val > 0:
-        parts.append(optax.clip(cfg.grad_max_val))
-    if cfg.grad_max_norm > 0:
-        parts.append(clip_by_module_norm(cfg.grad_max_norm) if cfg.grad_clip_per_module
-                     else optax.clip_by_global_norm(cfg.grad_max_norm))
-    parts.append(optax.scale_by_adam(b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_eps))
-    return optax.chain(*parts)
-
-
-def init_state(cfg: configs.Config, dataset: datasets.Dataset, key, mesh, *, model=None) -> TrainState:
-    """A fresh TrainState replicated over `mesh` (every process computes the same)."""
-    model = make_model(cfg, dataset.num_train_images) if model is None else model
-    tx = make_optimizer(cfg)
-
-    precond = pose_refine.pose_preconditioner(dataset.c2w) if cfg.model.refine_poses else None
-
-    def init(key):
-        params = models.init_variables(model, key)["params"]
-        if precond is not None:  # the cameras' own preconditioners (pose_refine.pose_preconditioner)
-            params = {**params, "pose_precondition": jnp.asarray(precond)}
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            lr_mult=jnp.ones((), jnp.float32),
-            num_skipped=jnp.zeros((), jnp.int32),
-        )
-
-    return jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))(key)
-
-
-def _scalar_stats(stats: dict) -> dict:
-    """The scalar entries of the loss's stats (per-level lists are dropped)."""
-    out = {}
-    for k, v in stats.items():
-        if isinstance(v, (jax.Array, np.ndarray, float, int)) and jnp.ndim(v) == 0:
-            out[k] = jnp.asarray(v, jnp.float32)
-    return out
-
-
-def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBatcher | None = None,
-                    tx: optax.GradientTransformation | None = None) -> Callable:
-    """The jitted `train_step(state, batch, key) -> (state, stats)`.
-
-    Without `batcher`, batch is a `datasets.Batch` of global arrays split
-    along 'data' (e.g. from `parallel.shard_batch`); with it, batch is the
-    batcher's `RayData` and the rays are drawn inside the step
-    (`batcher.sample`). key: the run's base key (replicated); the step uses
-    fold_in(key, state.step). `state` is donated.
-    """
-    tx = make_optimizer(cfg) if tx is None else tx
-    rep = parallel.replicated_sharding(mesh)
-    batch_sharding = batcher.sharding if batcher is not None else parallel.data_sharding(mesh)
-    train_frac_den = max(cfg.max_steps - 1, 1)
-
-    def step_fn(state: TrainState, batch, key):
-        key = jax.random.fold_in(key, state.step)
-        k_batch, k_model = jax.random.split(key)
-        if isinstance(batch, datasets.RayData):
-            if batcher is None:
-                raise ValueError("train_step got RayData but make_train_step had no batcher")
-            batch = batcher.sample(k_batch, batch)
-        # multinerf: train_frac = (step - 1) / (max_steps - 1) with steps from 1.
-        train_frac = jnp.clip(state.step.astype(jnp.float32) / train_frac_den, 0.0, 1.0)
-
-        def loss_fn(params):
-            renderings, ray_history = model.apply(
-                {"params": params}, batch.rays, rng=k_model, train_frac=train_frac
-            )
-            loss, stats = losses.total_loss(renderings, ray_history, batch.rgb, cfg.model)
-            if cfg.model.refine_poses:
-                stats["pose_reg"] = pose_refine.pose_regularizer(params, cfg.model)
-                loss = loss + stats["pose_reg"]
-            return loss, stats
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        # One sum of squares over all gradients (needed for the stats anyway)
-        # is non-finite iff some gradient is (or overflows float32 when
-        # squared, a blow-up all the same); cheaper than an isfinite pass per leaf.
-        grad_norm = _tree_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # Non-finite gradients would poison Adam's moments even if the update
-        # were dropped: feed zeros instead and throw the whole update away.
-        safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
-        updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
-        lr = lr_at(cfg, state.step) * state.lr_mult
-        new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=jax.tree_util.tree_map(keep, new_params, state.params),
-            opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
-            num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
-        )
-        out = _scalar_stats(stats)
-        out["loss"] = loss
-        if "psnr" not in out:
-            out["psnr"] = nmath.psnr_from_mse(out["mse"]) if "mse" in out else jnp.float32(jnp.nan)
-        out["lr"] = lr
-        out["grad_norm"] = grad_norm
-        out["nonfinite"] = (~finite).astype(jnp.float32)
-        return new_state, out
-
-    return jax.jit(
-        step_fn,
-        in_shardings=(rep, batch_sharding, rep),
-        out_shardings=(rep, rep),
-        donate_argnums=(0,),
-    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -297,60 +116,6 @@ def _default_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _read_tsv(path: Path, upto_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text().splitlines()
-    for line in lines[1:]:
-        parts = line.split("\t")
-        if len(parts) != len(TSV_COLUMNS):
-            continue
-        try:
-            row = dict(zip(TSV_COLUMNS, (float(p) for p in parts)))
-        except ValueError:
-            continue
-        if row["step"] <= upto_step:
-            rows.append(row)
-    return rows
-
-
-def _write_tsv(path: Path, rows: list[dict]) -> None:
-    def fmt(k, v):
-        return str(int(v)) if k == "step" else f"{v:.6g}"
-
-    lines = ["\t".join(TSV_COLUMNS)] + ["\t".join(fmt(k, r[k]) for k in TSV_COLUMNS) for r in rows]
-    fileio.write_text(path, "\n".join(lines) + "\n")
-
-
-def _tb_writer(directory: Path, purge_step: int | None = None, suffix: str = ""):
-    """TensorBoard writer. purge_step (a resumed run's first step) hides the events that a killed
-    run wrote from that step on, so TensorBoard shows each step once."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(directory), purge_step=purge_step, filename_suffix=suffix)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                disable=not sys.stderr.isatty() and os.environ.get("DNERF_PROGRESS") != "1")
-
-
-def _fmt_eta(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _move_aside(out_dir: Path) -> None:
     """Move a stale run's checkpoints, train.tsv and tb/ to out_dir/checkpoints.old/ (replacing an older one)."""
     old = out_dir / OLD_RUN_DIR
@@ -378,99 +143,6 @@ def _check_resume_config(out_dir: Path, cfg: configs.Config, log) -> None:
     if old != cfg:
         changed = [k for k in configs.to_dict(cfg) if configs.to_dict(cfg)[k] != configs.to_dict(old)[k]]
         log(f"resuming with changed training settings: {', '.join(changed)}")
-
-
-class _Reporter:
-    """Host-side reporting of finished steps: train.tsv, TensorBoard, tqdm, log lines (process 0 writes)."""
-
-    def __init__(self, cfg, out_dir: Path, *, start: int, end: int, resume: bool, log, progress: bool, tb: bool):
-        self.cfg, self.end, self.log = cfg, end, log
-        main = jax.process_index() == 0
-        self.main = main
-        self.tsv_path = out_dir / "train.tsv"
-        self.rows = _read_tsv(self.tsv_path, start) if resume else []
-        self.elapsed_before = self.rows[-1]["elapsed_s"] if self.rows else 0.0
-        self.tb_dir = out_dir / "tb"
-        # Events of an earlier run in tb/ (killed, or started over): hide those after this run's start.
-        purge = start + 1 if any(self.tb_dir.glob("events.out.tfevents.*")) else None
-        self.tb_files = 0  # event files this process opened: their names sort in the order they were made
-        self.writer = _tb_writer(self.tb_dir, purge_step=purge) if (tb and main) else None
-        if tb and main and self.writer is None:
-            log("tensorboardX is not installed: no TensorBoard scalars")
-        self.bar = _progress(end, start, progress and main)
-        self.t0 = time.perf_counter()
-        self.t_window, self.steps_window = None, 0
-        self.rays_per_s = float("nan")
-        self.warned_budget = False
-
-    def step(self, step: int, s: dict) -> None:
-        now = time.perf_counter()
-        if self.t_window is None:  # the first step includes compilation: not timed
-            self.t_window, self.steps_window = now, 0
-        else:
-            self.steps_window += 1
-        cfg = self.cfg
-        if step % cfg.print_every == 0 or step == self.end:
-            if self.steps_window > 0:
-                self.rays_per_s = self.steps_window * cfg.batch_size / max(now - self.t_window, 1e-9)
-                self.t_window, self.steps_window = now, 0
-            rps = self.rays_per_s if np.isfinite(self.rays_per_s) else 0.0
-            self.rows.append(dict(step=step, loss=s["loss"], psnr=s["psnr"], lr=s["lr"], rays_per_s=rps,
-                                  elapsed_s=self.elapsed_before + now - self.t0))
-            if self.main:
-                _write_tsv(self.tsv_path, self.rows)
-            eta = (self.end - step) * cfg.batch_size / rps if rps > 0 else float("nan")
-            skip = f" samples {s['live']:.0%} rays {s['fits']:.0%}" if "fits" in s else ""
-            self.log(f"step {step}/{cfg.max_steps} loss {s['loss']:.5f} psnr {s['psnr']:.2f} lr {s['lr']:.2e} "
-                     f"{rps:,.0f} rays/s{skip} eta {_fmt_eta(eta)}")
-            if "fits" in s and s["fits"] < 0.9 and step > cfg.max_steps // 10 and not self.warned_budget:
-                self.warned_budget = True
-                self.log(f"warning: only {s['fits']:.0%} of the batch's rays fit model.sample_budget="
-                         f"{cfg.model.sample_budget} ({s['live']:.0%} of the final samples are live); the rest "
-                         f"are left out of the loss: raise model.sample_budget (1.0 turns packing off)")
-        if self.writer is not None and step % cfg.tb_every == 0:
-            for k, v in s.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
-            if np.isfinite(self.rays_per_s):
-                self.writer.add_scalar("train/rays_per_s", self.rays_per_s, step)
-        if self.writer is not None and step % cfg.checkpoint_every == 0:
-            # The events up to a checkpoint go to disk with it: a killed run resumes after it and never
-            # writes them again. tensorboardX writes from a queue in a thread (flush() does not wait for
-            # it, and it flushes every 2 minutes): close() does; the next events go to a new file.
-            self.writer = self._next_tb_file(None)
-        if self.bar is not None:
-            self.bar.update(1)
-            if step % cfg.print_every == 0:
-                self.bar.set_postfix(loss=f"{s['loss']:.4f}", psnr=f"{s['psnr']:.2f}")
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
-
-    def rewind(self, step: int) -> None:
-        """Forget rows and TensorBoard events after `step` (after restoring an earlier checkpoint)."""
-        self.rows[:] = [r for r in self.rows if r["step"] <= step]
-        if self.main:
-            _write_tsv(self.tsv_path, self.rows)
-        if self.writer is not None:  # a new event file whose purge step hides the rewound steps' events
-            self.writer = self._next_tb_file(step + 1)
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.refresh()
-
-    def _next_tb_file(self, purge_step: int | None):
-        """Close the event file and open the next. TensorBoard reads a folder's files in name order:
-        tensorboardX names them by the second they were made, so a counter orders the files of one
-        second (a rewind can come seconds after the checkpoint it goes back to)."""
-        self.writer.close()
-        self.tb_files += 1
-        return _tb_writer(self.tb_dir, purge_step=purge_step, suffix=f".{self.tb_files:06d}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 class _Run:
@@ -541,7 +213,7 @@ class _Run:
             f"{self.batcher.device_bytes / 2**20:.1f} MiB per device), steps {self.start} -> {self.end} of "
             f"{cfg.max_steps}"
         )
-        self.report = _Reporter(cfg, out_dir, start=self.start, end=self.end, resume=resume, log=self.log,
+        self.report = train_report.Reporter(cfg, out_dir, start=self.start, end=self.end, resume=resume, log=self.log,
                                 progress=progress, tb=tb)
 
     # -- one step -------------------------------------------------------------
