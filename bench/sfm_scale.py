@@ -1,6 +1,6 @@
 r"""SfM at scale: global (GLOMAP) against incremental mapping, on a large synthetic video or a photo folder.
 
-Features and matches are computed once (nerflib.sfm.extract_and_match, as
+Features and matches are computed once (nerflib.matching.extract_and_match, as
 run_sfm does them), then each mapper maps the same database
 (nerflib.sfm.map_database) in its own child process, killed when it runs past
 its cap (`--cap-seconds`, mapping wall time): a slow run is reported as
@@ -133,10 +133,10 @@ def generate_video(out: Path, n: int, *, width: int, height: int, loops: int, su
 
 def _child(task: dict) -> None:
     """Run one stage in this (child) process and write its JSON result to task['result']."""
-    from nerflib import fileio, pose_checks, sfm
+    from nerflib import fileio, matching, pose_checks, sfm
 
     if task["stage"] == "features":
-        out = sfm.extract_and_match(task["image_dir"], task["database"], log=print, **task["settings"])
+        out = matching.extract_and_match(task["image_dir"], task["database"], log=print, **task["settings"])
     else:
         t0 = time.perf_counter()
         models_dir = Path(task["models_dir"])

@@ -27,7 +27,8 @@ import sys
 
 from nerflib import configs, localize, pyramid, scene_io, settings
 from nerflib.layout import SceneLayout
-from nerflib.sfm import MAPPERS, MATCHERS
+from nerflib.matching import MATCHERS
+from nerflib.sfm import MAPPERS
 from nerflib.types import CAMERA_MODELS
 
 
@@ -276,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                         mapper=args.mapper, gpu={"yes": True, "no": False}.get(args.gpu, args.gpu),
                         threads=args.threads)
         elif args.step == "vocab-tree":
-            from nerflib import sfm
+            from nerflib import vocab_tree
 
-            sfm.build_vocab_tree(args.source, args.tree, num_visual_words=args.words,
-                                 max_num_descriptors=args.max_descriptors, num_iterations=args.iterations,
-                                 num_rounds=args.rounds, threads=args.threads, max_image_size=args.max_image_size,
-                                 max_num_features=args.max_features, seed=args.seed)
+            vocab_tree.build_vocab_tree(args.source, args.tree, num_visual_words=args.words,
+                                        max_num_descriptors=args.max_descriptors, num_iterations=args.iterations,
+                                        num_rounds=args.rounds, threads=args.threads,
+                                        max_image_size=args.max_image_size, max_num_features=args.max_features,
+                                        seed=args.seed)
         elif args.step == "pyramid":
             steps.pyramid(args.images, args.out_dir, factor=args.factor, threads=args.threads)
         elif args.step == "train":

@@ -73,7 +73,7 @@ def test_vocab_tree_by_hand(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from nerflib import sfm
+    from nerflib import vocab_tree
 
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"
@@ -84,7 +84,7 @@ def test_vocab_tree_by_hand(tmp_path, capsys):
     tree = tmp_path / "trees" / "tree.bin"
     assert cli.main(["vocab-tree", str(photos), str(tree), "--threads", "1", "--max-features", "512",
                      "--words", "32", "--iterations", "5"]) == 0
-    assert sfm.check_vocab_tree(tree)["num_visual_words"] == 32
+    assert vocab_tree.check_vocab_tree(tree)["num_visual_words"] == 32
     assert sorted(p.name for p in tree.parent.iterdir()) == ["tree.bin"]
     assert "[vocab-tree] wrote" in capsys.readouterr().out
 

@@ -3,7 +3,7 @@
 The YAML files (config/schemas/*.schema.yaml, config/config.yaml) cannot import
 Python, so they repeat what nerflib declares: preset names (configs.PRESET_CHOICES),
 image factors (pyramid.FACTORS), localization settings (localize.workflow_settings,
-nerflib.settings), SfM mappers and matchers (sfm.MAPPERS / MATCHERS), camera
+nerflib.settings), SfM mappers and matchers (sfm.MAPPERS / matching.MATCHERS), camera
 models (types.CAMERA_MODELS). The CLI derives from the declarations; these tests
 also catch a CLI option that stopped doing so. A default or a name changed in only
 one place fails here, naming both.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerflib import cli, configs, localize, pyramid, scene_io, sfm
+from nerflib import cli, configs, localize, matching, pyramid, scene_io, sfm
 from nerflib import settings as settings_lib
 from nerflib.types import CAMERA_MODELS
 
@@ -73,9 +73,9 @@ def test_localize_settings_complete():
 
 def test_sfm_choices_agree():
     assert CONFIG_SCHEMA["sfm"]["properties"]["mapper"]["enum"] == list(sfm.MAPPERS)
-    assert SHEET_SCHEMA["matcher"]["enum"] == list(sfm.MATCHERS)
+    assert SHEET_SCHEMA["matcher"]["enum"] == list(matching.MATCHERS)
     assert list(_cli_option("poses", "mapper").choices) == list(sfm.MAPPERS)
-    assert list(_cli_option("poses", "matcher").choices) == list(sfm.MATCHERS)
+    assert list(_cli_option("poses", "matcher").choices) == list(matching.MATCHERS)
 
 
 def test_pose_formats_and_camera_models_agree():

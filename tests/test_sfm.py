@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from nerflib import rigid, scene_io, sfm
+from nerflib import matching, rigid, scene_io, sfm, sift
+from nerflib import vocab_tree as vocab_tree_lib
 
 THREADS = 2
 
@@ -75,7 +76,7 @@ def test_bad_vocab_tree_file_is_a_value_error(tmp_path):
     legacy = tmp_path / "flann_tree.bin"  # a FLANN-era tree starts with its number of visual words
     legacy.write_bytes(np.array([32768, 128, 64, 0], np.int32).tobytes() + bytes(64))
     with pytest.raises(ValueError, match="does not load") as e:
-        sfm.check_vocab_tree(legacy)
+        vocab_tree_lib.check_vocab_tree(legacy)
     assert "flann" in str(e.value).lower() and "nerf vocab-tree" in str(e.value)
     with pytest.raises(ValueError, match="does not load"):
         sfm.run_sfm(images, tmp_path / "out", matcher="vocab_tree", vocab_tree=legacy)
@@ -85,25 +86,25 @@ def test_bad_vocab_tree_file_is_a_value_error(tmp_path):
 
 
 def test_auto_num_visual_words():
-    assert sfm.auto_num_visual_words(60_000) == 1024  # 40 photos at 320x240
-    assert sfm.auto_num_visual_words(sfm.MAX_TREE_DESCRIPTORS) == 8192
-    assert sfm.auto_num_visual_words(10) == sfm.MIN_VISUAL_WORDS
-    assert sfm.auto_num_visual_words(10**9) == sfm.MAX_VISUAL_WORDS
+    assert vocab_tree_lib.auto_num_visual_words(60_000) == 1024  # 40 photos at 320x240
+    assert vocab_tree_lib.auto_num_visual_words(vocab_tree_lib.MAX_TREE_DESCRIPTORS) == 8192
+    assert vocab_tree_lib.auto_num_visual_words(10) == vocab_tree_lib.MIN_VISUAL_WORDS
+    assert vocab_tree_lib.auto_num_visual_words(10**9) == vocab_tree_lib.MAX_VISUAL_WORDS
     for n in [800, 5000, 123_456, 2_000_000]:
-        words = sfm.auto_num_visual_words(n)
-        assert words & (words - 1) == 0 and sfm.DESCRIPTORS_PER_WORD <= n / words < 2 * sfm.DESCRIPTORS_PER_WORD
+        words = vocab_tree_lib.auto_num_visual_words(n)
+        assert words & (words - 1) == 0 and vocab_tree_lib.DESCRIPTORS_PER_WORD <= n / words < 2 * vocab_tree_lib.DESCRIPTORS_PER_WORD
 
 
 def test_build_vocab_tree_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        sfm.build_vocab_tree(tmp_path / "missing", tmp_path / "tree.bin")
+        vocab_tree_lib.build_vocab_tree(tmp_path / "missing", tmp_path / "tree.bin")
     (tmp_path / "notes.txt").write_text("not a database")
     with pytest.raises(ValueError, match="neither a folder of photos nor a COLMAP database"):
-        sfm.build_vocab_tree(tmp_path / "notes.txt", tmp_path / "tree.bin")
+        vocab_tree_lib.build_vocab_tree(tmp_path / "notes.txt", tmp_path / "tree.bin")
     with pytest.raises(ValueError, match="num_visual_words"):
-        sfm.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_visual_words=1)
+        vocab_tree_lib.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_visual_words=1)
     with pytest.raises(ValueError, match="num_iterations"):
-        sfm.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_iterations=0)
+        vocab_tree_lib.build_vocab_tree(tmp_path, tmp_path / "tree.bin", num_iterations=0)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no tree, no temp folder
 
 
@@ -170,13 +171,13 @@ def test_gpu_sift_is_used_when_pycolmap_has_cuda_and_a_device(tmp_path, monkeypa
 
     monkeypatch.setattr(pycolmap, "extract_features", extract)
     monkeypatch.setattr(pycolmap, "has_cuda", True)
-    monkeypatch.setattr(sfm, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(sift, "cuda_device_count", lambda: 2)
     with pytest.raises(_Stop):
         sfm.run_sfm(images, tmp_path / "out", max_num_features=256, log=logs.append)
     assert seen["extraction"] == (True, pycolmap.Device.cuda)
     assert any("SIFT on GPU (pycolmap CUDA build, 2 CUDA device(s)" in line for line in logs)
     # A CUDA build on a node without a visible GPU: CPU with 'auto', an error with gpu=True.
-    monkeypatch.setattr(sfm, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(sift, "cuda_device_count", lambda: 0)
     logs.clear()
     with pytest.raises(_Stop):
         sfm.run_sfm(images, tmp_path / "out", max_num_features=256, log=logs.append)
@@ -185,7 +186,7 @@ def test_gpu_sift_is_used_when_pycolmap_has_cuda_and_a_device(tmp_path, monkeypa
     with pytest.raises(ValueError, match="no CUDA device is visible"):
         sfm.run_sfm(images, tmp_path / "out", gpu=True)
     monkeypatch.setattr(pycolmap, "has_cuda", False)
-    assert sfm.resolve_gpu("auto") == (False, "pycolmap is a CPU-only build (pip install pycolmap-cuda12 for GPU SIFT)")
+    assert sift.resolve_gpu("auto") == (False, "pycolmap is a CPU-only build (pip install pycolmap-cuda12 for GPU SIFT)")
 
 
 def test_auto_fallback_reason():
@@ -260,11 +261,11 @@ def test_too_few_images(tmp_path):
 
 
 def test_choose_matcher():
-    assert sfm.choose_matcher("auto", 500, None)[0] == "exhaustive"
-    assert sfm.choose_matcher("auto", 501, "tree.bin")[0] == "vocab_tree"
-    name, why = sfm.choose_matcher("auto", 501, None)
+    assert matching.choose_matcher("auto", 500, None)[0] == "exhaustive"
+    assert matching.choose_matcher("auto", 501, "tree.bin")[0] == "vocab_tree"
+    name, why = matching.choose_matcher("auto", 501, None)
     assert name == "sequential" and "no vocabulary tree" in why
-    assert sfm.choose_matcher("sequential", 10, None) == ("sequential", "requested")
+    assert matching.choose_matcher("sequential", 10, None) == ("sequential", "requested")
 
 
 def test_failed_sfm_leaves_earlier_results(tmp_path):
@@ -378,12 +379,12 @@ def _orbit_steps(database, n_views):
 def vocab_tree(synthetic_scene, tmp_path_factory):
     """A tree trained on the demo scene's own photos (CI-sized: ~17k descriptors, 256 words, ~5 s)."""
     tree = tmp_path_factory.mktemp("tree") / "vocab_tree.bin"
-    summary = sfm.build_vocab_tree(
+    summary = vocab_tree_lib.build_vocab_tree(
         synthetic_scene / "images", tree, threads=THREADS, max_num_features=1024, sift_first_octave=0,
         max_num_descriptors=20_000, log=print,
     )
     print(f"vocab tree: {summary}")
-    assert summary["images"] == 40 and summary["num_visual_words"] == sfm.auto_num_visual_words(
+    assert summary["images"] == 40 and summary["num_visual_words"] == vocab_tree_lib.auto_num_visual_words(
         summary["descriptors_used"])
     assert sorted(os.listdir(tree.parent)) == ["vocab_tree.bin"]  # the temp database is gone
     return tree
@@ -426,12 +427,12 @@ def test_sfm_with_vocab_tree_matcher(synthetic_scene, vocab_tree, tmp_path):
 
     # The same tree from that run's database (no second extraction) loads too; a failed build keeps it.
     tree2 = tmp_path / "trees" / "from_db.bin"
-    built = sfm.build_vocab_tree(out / "database.db", tree2, threads=THREADS, max_num_descriptors=10_000, log=print)
+    built = vocab_tree_lib.build_vocab_tree(out / "database.db", tree2, threads=THREADS, max_num_descriptors=10_000, log=print)
     assert built["descriptors_total"] == summary["keypoints"] and built["descriptors_used"] == 10_000
-    assert sfm.check_vocab_tree(tree2)["num_visual_words"] == built["num_visual_words"] == 128
+    assert vocab_tree_lib.check_vocab_tree(tree2)["num_visual_words"] == built["num_visual_words"] == 128
     before = tree2.read_bytes()
     with pytest.raises(ValueError, match="exceeds"):
-        sfm.build_vocab_tree(out / "database.db", tree2, num_visual_words=20_000, max_num_descriptors=10_000)
+        vocab_tree_lib.build_vocab_tree(out / "database.db", tree2, num_visual_words=20_000, max_num_descriptors=10_000)
     assert tree2.read_bytes() == before and sorted(os.listdir(tree2.parent)) == ["from_db.bin"]
 
 
@@ -443,7 +444,7 @@ def test_auto_picks_vocab_tree_beyond_threshold(synthetic_scene, vocab_tree, tmp
     n = 12  # an arc of consecutive orbit views
     for name in sorted(os.listdir(synthetic_scene / "images"))[:n]:
         (images / name).symlink_to(synthetic_scene / "images" / name)
-    monkeypatch.setattr(sfm, "AUTO_EXHAUSTIVE_MAX_IMAGES", 10)
+    monkeypatch.setattr(matching, "AUTO_EXHAUSTIVE_MAX_IMAGES", 10)
     logs = []
     summary = sfm.run_sfm(images, tmp_path / "out", matcher="auto", vocab_tree=vocab_tree, vocab_tree_num_images=5,
                           threads=THREADS, max_num_features=1024, log=logs.append)
