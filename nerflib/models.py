@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nerflib import coord, pose_refine, render, stepfun
+from nerflib import coord, pose_refine, render, sample_packing, stepfun
 from nerflib import math as nmath
 from nerflib.model_config import (  # noqa: F401 (re-exported: the model's settings live there)
     BACKGROUNDS,
@@ -185,92 +184,85 @@ def _split(rng):
     return key, rng
 
 
-def _grad_on_every(m, fn, *args):
-    """fn(*args), differentiable only through every m-th entry of the leading axis.
+def _resample(cfg: ModelConfig, key, sdist, weights, num_samples: int, *, level: int, samples_so_far: int,
+              anneal):
+    """One round's intervals drawn from the previous round's weights -> (sdist, weights, envelope).
 
-    The other entries are computed under stop_gradient, so JAX never builds
-    their backward pass. Rays are picked by stride, not as a leading block, so
-    a batch sharded over devices keeps the same work on every device. A leading
-    axis that m does not divide is differentiated whole.
+    weights come back renormalised after dilation; envelope = (sdist, weights) of the previous
+    round after dilation and before renormalising: what decides which final samples are
+    empty (cfg.skip_threshold).
     """
-    n = args[0].shape[0]
-    if n % m:
-        return fn(*args)
-    k = n // m
-    grouped = [a.reshape(k, m, *a.shape[1:]) for a in args]
-    live = fn(*(g[:, 0] for g in grouped))
-    frozen = fn(*(g[:, 1:].reshape(n - k, *g.shape[2:]) for g in grouped))
+    # Resampling never carries gradients back into the previous round.
+    weights = jax.lax.stop_gradient(weights)
+    dilate = level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0)
+    if dilate:
+        # Widen the previous round's peaks by a fraction of its typical
+        # interval width so that small sampling shifts cannot miss them.
+        dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
+        sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0),
+                                                    on_grid=cfg.dilate_on_grid)
+    envelope = (sdist, weights)
+    if dilate:
+        weights = stepfun.renormalize_weights(weights)
+    # weights**anneal as logits; zero-width intervals get -inf. The
+    # safe_log floor keeps 0 * log(0) from producing nan at anneal 0.
+    logits = jnp.where(sdist[..., 1:] > sdist[..., :-1],
+                       anneal * nmath.safe_log(weights + cfg.resample_padding), -jnp.inf)
+    sdist = stepfun.sample_intervals(key, sdist, logits, num_samples, single_jitter=cfg.single_jitter,
+                                     domain=(0.0, 1.0))
+    if cfg.stop_level_grad:
+        sdist = jax.lax.stop_gradient(sdist)
+    return sdist, weights, envelope
 
-    def interleave(y, z):
-        z = jax.lax.stop_gradient(z).reshape(k, m - 1, *z.shape[1:])
-        return jnp.concatenate([y[:, None], z], axis=1).reshape(n, *y.shape[1:])
 
-    return jax.tree.map(interleave, live, frozen)
+def _frusta(cfg: ModelConfig, key, tdist, origins, directions, radii, *, proposal: bool):
+    """What a round's field reads of its intervals: (means, covs) of the conical frusta (cast_rays),
+    or with multisampling (means [..., n, k, 3], their stds [..., n, k]) (coord.multisample_frustum)."""
+    count = _multisamples(cfg, proposal=proposal)
+    if proposal and cfg.refine_poses:
+        # Camera refinement learns from the final round only: d(loss)/d(position) through a hash
+        # grid costs a second round of its gathers, which the proposal rounds need not pay.
+        origins, directions = jax.lax.stop_gradient(origins), jax.lax.stop_gradient(directions)
+    if count:
+        means, covs = coord.multisample_frustum(tdist, origins, directions, radii, count=count,
+                                                std_scale=cfg.multisample_std_scale, key=key)
+    else:
+        means, covs = coord.cast_rays(tdist, origins, directions, radii, diag=False)
+    if cfg.disable_integration:
+        covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE (multisamples: no level weights).
+    return means, covs
 
 
-# Rays are packed in this many groups (or a multiple: one or more per device), so that the
-# packing, hence the result, is the same on 1, 2, 4 or 8 devices.
-_PACK_GROUPS = 8
+def _multisamples(cfg: ModelConfig, *, proposal: bool) -> int:
+    """Multisamples per interval a round's field reads (0: the Gaussians of cast_rays)."""
+    return (cfg.prop_multisamples if proposal else cfg.multisamples) if cfg.field == "hashgrid" else 0
 
 
-def _skip_empty(field, cfg: ModelConfig, bound, means, covs, viewdirs, glo_vec, *, pack: bool):
-    """The final field where the proposal bound `bound` [..., n] reaches cfg.skip_threshold.
+def _proposal_density(cfg: ModelConfig, field, means, covs, *, train: bool):
+    """A proposal field's density; in training, differentiable through every m-th ray only."""
+    every = round(1.0 / cfg.prop_grad_fraction)
+    if train and every > 1:
+        return sample_packing.grad_on_every(every, field, means, covs)[0]
+    return field(means, covs)[0]
 
-    Returns (density [..., n], rgb [..., n, 3], live [..., n], fits [...]):
-    zero density and colour where a sample is skipped; `live` marks the
-    samples the field was evaluated on, `fits` the rays rendered in full.
 
-    With `pack` and cfg.sample_budget < 1 (training), the live samples are
-    packed into a static-size set (sample_budget of all samples) and the field
-    runs on that set only, so a step's cost is fixed. As instant-ngp fixes the
-    samples per batch and varies the rays, a batch whose live samples do not
-    all fit keeps whole rays in order while they fit; the rays left over
-    (`fits` False) have no live samples and must be left out of the loss.
-    Packing works in groups of rays (8, or a multiple of the device count,
-    when the rays split evenly), so a batch sharded along its rays packs
-    locally on each device and the result does not depend on the device count.
-    Without `pack`, every sample is evaluated and the skipped ones are zeroed.
-    """
-    live = bound >= cfg.skip_threshold
-    batch, n = bound.shape[:-1], bound.shape[-1]
-    if not pack or cfg.sample_budget >= 1.0:
-        density, rgb = field(means, covs, viewdirs, glo_vec)
-        fits = jnp.ones(batch, bool)
-        return jnp.where(live, density, 0.0), jnp.where(live[..., None], rgb, 0.0), live, fits
-    num_rays = int(np.prod(batch))
-    groups = math.lcm(_PACK_GROUPS, jax.device_count())
-    if num_rays % groups:
-        groups = 1
-    size = num_rays // groups * n  # samples per group
-    budget = min(size, -(-int(np.ceil(cfg.sample_budget * size)) // 8) * 8)
+def _glo_codes(cfg: ModelConfig, cam_idx, num_images: int, *, zero: bool):
+    """Appearance codes [..., G] of the rays' images (zeros with `zero`); inside NerfModel's __call__."""
+    idx = jnp.asarray(cam_idx, jnp.int32)[..., 0]
+    if zero:
+        return jnp.zeros(idx.shape + (cfg.num_glo_features,), jnp.float32)
+    return nn.Embed(num_images, cfg.num_glo_features, name="glo")(idx)
 
-    live = live.reshape(groups, num_rays // groups, n)
-    fits = jnp.cumsum(jnp.sum(live, axis=-1, dtype=jnp.int32), axis=-1) <= budget  # [groups, rays]
-    live = (live & fits[..., None]).reshape(groups, size)
-    slot = jnp.where(live, jnp.cumsum(live, axis=-1, dtype=jnp.int32) - 1, budget)  # `budget`: discarded
-    # Sample index of every slot; unused slots point past the end (clamped below, then unused).
-    source = jax.vmap(lambda s: jnp.full((budget,), size, jnp.int32).at[s].set(
-        jnp.arange(size, dtype=jnp.int32), mode="drop"))(slot)
-    source = jnp.minimum(source, size - 1)
-    ray = source // n
 
-    def take(x, idx):  # x [groups, count, F...], idx [groups, budget] -> [groups, budget, F...]
-        return jax.vmap(lambda a, i: a[i])(x, idx)
-
-    def per_sample(x):  # [..., n, F...] -> [groups, budget, 1, F...]
-        return take(x.reshape(groups, size, *x.shape[len(batch) + 1:]), source)[:, :, None]
-
-    def per_ray(x):  # [..., F] -> [groups, budget, F]
-        return take(x.reshape(groups, size // n, *x.shape[len(batch):]), ray)
-
-    density, rgb = field(per_sample(means), per_sample(covs), per_ray(viewdirs),
-                         None if glo_vec is None else per_ray(glo_vec))
-
-    def unpack(y):  # [groups, budget, 1, F...] -> [..., n, F...], zero where skipped
-        y = jnp.concatenate([y[:, :, 0], jnp.zeros_like(y[:, :1, 0])], axis=1)  # the discarded slot
-        return take(y, slot).reshape(*batch, n, *y.shape[2:])
-
-    return unpack(density), unpack(rgb), live.reshape(*batch, n), fits.reshape(batch)
+def _make_fields(cfg: ModelConfig):
+    """(NeRF field, [proposal field of each proposal round]); call inside NerfModel's compact __call__."""
+    nerf_field = Field(cfg, cfg.nerf_net_depth, cfg.nerf_net_width, predict_rgb=True, name="nerf_field")
+    num_prop = cfg.num_levels - 1
+    if cfg.share_proposal_field:
+        shared = Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False, name="prop_field")
+        return nerf_field, [shared] * num_prop
+    return nerf_field, [Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False,
+                              name=f"prop_field_{i}") for i in range(num_prop)]
 
 
 def _schlick_bias(x, slope):
@@ -307,44 +299,22 @@ class NerfModel(nn.Module):
             and 'weights' [..., n].
         """
         cfg = self.cfg
-        origins = jnp.asarray(rays.origins, jnp.float32)
-        directions = jnp.asarray(rays.directions, jnp.float32)
-        viewdirs = jnp.asarray(rays.viewdirs, jnp.float32)
-        radii = jnp.asarray(rays.radii, jnp.float32)
-        near = jnp.asarray(rays.near, jnp.float32)
-        far = jnp.asarray(rays.far, jnp.float32)
+        origins, directions, viewdirs, radii, near, far = (
+            jnp.asarray(getattr(rays, k), jnp.float32) for k in ("origins", "directions", "viewdirs", "radii", "near", "far"))
         batch = origins.shape[:-1]
 
-        nerf_field = Field(cfg, cfg.nerf_net_depth, cfg.nerf_net_width, predict_rgb=True, name="nerf_field")
-        num_prop = cfg.num_levels - 1
-        if cfg.share_proposal_field:
-            shared = Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False, name="prop_field")
-            prop_fields = [shared] * num_prop
-        else:
-            prop_fields = [
-                Field(cfg, cfg.prop_net_depth, cfg.prop_net_width, predict_rgb=False, name=f"prop_field_{i}")
-                for i in range(num_prop)
-            ]
+        nerf_field, prop_fields = _make_fields(cfg)
+        num_prop = len(prop_fields)
 
-        if cfg.refine_poses:
-            # Created at init (rng None) too, so checkpoints always hold them; applied in training only.
-            # pose_precondition is set once from the cameras (train.init_state, pose_preconditioner)
-            # and never trained: its gradient is stopped, so Adam's update of it is exactly 0.
+        if cfg.refine_poses:  # created at init too; applied in training only (see nerflib.pose_refine)
             theta = self.param("pose_delta", nn.initializers.zeros, (self.num_images, 6), jnp.float32)
             precond = self.param("pose_precondition", lambda key, shape: jnp.broadcast_to(jnp.eye(6), shape),
                                  (self.num_images, 6, 6))
             if rng is not None:
-                cam_idx = jnp.asarray(rays.cam_idx, jnp.int32)[..., 0]
-                delta = pose_refine.pose_delta_of(theta[cam_idx], jax.lax.stop_gradient(precond)[cam_idx], cfg)
-                origins, directions, viewdirs = pose_refine.apply_pose_delta(delta, origins, directions, viewdirs)
+                origins, directions, viewdirs = pose_refine.refine_rays(
+                    theta, jax.lax.stop_gradient(precond), rays.cam_idx, origins, directions, viewdirs, cfg)
 
-        glo_vec = None
-        if cfg.num_glo_features > 0:
-            if zero_glo:
-                glo_vec = jnp.zeros(batch + (cfg.num_glo_features,), jnp.float32)
-            else:
-                cam_idx = jnp.asarray(rays.cam_idx, jnp.int32)[..., 0]
-                glo_vec = nn.Embed(self.num_images, cfg.num_glo_features, name="glo")(cam_idx)
+        glo_vec = _glo_codes(cfg, rays.cam_idx, self.num_images, zero=zero_glo) if cfg.num_glo_features else None
 
         _, s_to_t = coord.construct_ray_warps(cfg.raydist_fn, near, far)
         anneal = _schlick_bias(jnp.clip(train_frac, 0.0, 1.0), cfg.anneal_slope) if cfg.anneal_slope > 0 else 1.0
@@ -357,56 +327,20 @@ class NerfModel(nn.Module):
         for level in range(cfg.num_levels):
             is_prop = level < num_prop
             num_samples = cfg.num_prop_samples[level] if is_prop else cfg.num_nerf_samples
-            # Resampling never carries gradients back into the previous round.
-            weights = jax.lax.stop_gradient(weights)
-            dilate = level > 0 and (cfg.dilation_bias > 0 or cfg.dilation_multiplier > 0)
-            if dilate:
-                # Widen the previous round's peaks by a fraction of its typical
-                # interval width so that small sampling shifts cannot miss them.
-                dilation = cfg.dilation_bias + cfg.dilation_multiplier / samples_so_far
-                sdist, weights = stepfun.max_dilate_weights(sdist, weights, dilation, domain=(0.0, 1.0),
-                                                            on_grid=cfg.dilate_on_grid)
-            # The previous round's (dilated) weights, before renormalising: the envelope that
-            # decides which final samples are empty (cfg.skip_threshold).
-            envelope = (sdist, weights)
-            if dilate:
-                weights = stepfun.renormalize_weights(weights)
-            samples_so_far *= num_samples
-            # weights**anneal as logits; zero-width intervals get -inf. The
-            # safe_log floor keeps 0 * log(0) from producing nan at anneal 0.
-            logits = jnp.where(sdist[..., 1:] > sdist[..., :-1],
-                               anneal * nmath.safe_log(weights + cfg.resample_padding), -jnp.inf)
             key, rng = _split(rng)
-            sdist = stepfun.sample_intervals(key, sdist, logits, num_samples, single_jitter=cfg.single_jitter,
-                                             domain=(0.0, 1.0))
-            if cfg.stop_level_grad:
-                sdist = jax.lax.stop_gradient(sdist)
+            sdist, weights, envelope = _resample(cfg, key, sdist, weights, num_samples, level=level,
+                                                 samples_so_far=samples_so_far, anneal=anneal)
+            samples_so_far *= num_samples
             tdist = s_to_t(sdist)
 
-            count = (cfg.prop_multisamples if is_prop else cfg.multisamples) if cfg.field == "hashgrid" else 0
-            # Camera refinement learns from the final round only: d(loss)/d(position) through a hash
-            # grid costs a second round of its gathers, which the proposal rounds need not pay.
-            ray = (origins, directions) if not (is_prop and cfg.refine_poses) else (
-                jax.lax.stop_gradient(origins), jax.lax.stop_gradient(directions))
-            if count:
-                key, rng = _split(rng)
-                # covs: the multisamples' stds [..., n, k] (what Field reads with multisampling).
-                means, covs = coord.multisample_frustum(tdist, *ray, radii, count=count,
-                                                        std_scale=cfg.multisample_std_scale, key=key)
-            else:
-                means, covs = coord.cast_rays(tdist, *ray, radii, diag=False)
-            if cfg.disable_integration:
-                covs = jnp.zeros_like(covs)  # IPE with zero variance is plain PE.
+            key, rng = _split(rng) if _multisamples(cfg, proposal=is_prop) else (None, rng)
+            means, covs = _frusta(cfg, key, tdist, origins, directions, radii, proposal=is_prop)
             if is_prop:
-                every = round(1.0 / cfg.prop_grad_fraction)
-                if rng is not None and every > 1:
-                    density = _grad_on_every(every, prop_fields[level], means, covs)[0]
-                else:
-                    density = prop_fields[level](means, covs)[0]
+                density = _proposal_density(cfg, prop_fields[level], means, covs, train=rng is not None)
                 rgb = jnp.zeros(density.shape + (3,), density.dtype)  # proposals carry no colour.
             elif cfg.skip_threshold > 0 and level > 0:
                 bound = stepfun.outer_measure(jax.lax.stop_gradient(sdist), *envelope)
-                density, rgb, live, fits = _skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec,
+                density, rgb, live, fits = sample_packing.skip_empty(nerf_field, cfg, bound, means, covs, viewdirs, glo_vec,
                                                        pack=rng is not None)
             else:
                 density, rgb = nerf_field(means, covs, viewdirs, glo_vec)

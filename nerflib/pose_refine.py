@@ -35,6 +35,12 @@ def apply_pose_delta(delta, origins, directions, viewdirs):
     return origins + delta[..., 3:], turn(directions), turn(viewdirs)
 
 
+def refine_rays(theta, precond, cam_idx, origins, directions, viewdirs, cfg: ModelConfig):
+    """Rays of the refined cameras: theta [N, 6], precond [N, 6, 6], cam_idx [..., 1] -> (o, d, viewdirs)."""
+    idx = jnp.asarray(cam_idx, jnp.int32)[..., 0]
+    return apply_pose_delta(pose_delta_of(theta[idx], precond[idx], cfg), origins, directions, viewdirs)
+
+
 def pose_delta_of(theta, precond, cfg: ModelConfig):
     """Pose deltas [..., 6] from the parameters theta [..., 6] and preconditioners [..., 6, 6]."""
     return jnp.einsum("...ij,...j->...i", precond, theta) * cfg.pose_refine_scale

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nerflib import losses, models
+from nerflib import losses, models, sample_packing
 from nerflib import math as nmath
 from nerflib.types import Rays
 
@@ -313,10 +313,10 @@ def test_grad_on_every_differentiates_only_every_mth_entry():
         return (jnp.tanh(x @ w), x[:, :1] * 2.0)  # a pytree of outputs
 
     def loss(w, m):
-        out = models._grad_on_every(m, functools.partial(fn, w), x)
+        out = sample_packing.grad_on_every(m, functools.partial(fn, w), x)
         return jnp.sum(out[0] ** 2) + jnp.sum(out[1])
 
-    np.testing.assert_allclose(models._grad_on_every(3, functools.partial(fn, w), x)[0], fn(w, x)[0], rtol=1e-6)
+    np.testing.assert_allclose(sample_packing.grad_on_every(3, functools.partial(fn, w), x)[0], fn(w, x)[0], rtol=1e-6)
     for m in (2, 3):
         want = jax.grad(lambda w: jnp.sum(fn(w, x[::m])[0] ** 2))(w)  # only rays 0, m, 2m, ...
         np.testing.assert_allclose(jax.grad(loss)(w, m), want, rtol=1e-5, atol=1e-6)
@@ -381,7 +381,7 @@ def test_skip_empty_evaluates_exactly_the_live_samples_of_the_rays_that_fit(num_
     packed_live = live & fits[:, None]
 
     for pack, want_live, want_fits in ((True, packed_live, fits), (False, live, np.ones(num_rays, bool))):
-        density, rgb, got_live, got_fits = models._skip_empty(_analytic_field, cfg, jnp.asarray(bound), means, covs,
+        density, rgb, got_live, got_fits = sample_packing.skip_empty(_analytic_field, cfg, jnp.asarray(bound), means, covs,
                                                               viewdirs, None, pack=pack)
         np.testing.assert_array_equal(got_fits, want_fits if budget < 1 else np.ones(num_rays, bool))
         np.testing.assert_array_equal(got_live, want_live if budget < 1 else live)
@@ -389,7 +389,7 @@ def test_skip_empty_evaluates_exactly_the_live_samples_of_the_rays_that_fit(num_
         np.testing.assert_allclose(density, np.where(keep, full_density, 0.0), rtol=1e-6)
         np.testing.assert_allclose(rgb, np.where(keep[..., None], full_rgb, 0.0), rtol=1e-6)
     # Gradients flow back through the packing to the live samples only (d|x|^2/dx = 2x).
-    grad = jax.grad(lambda m: jnp.sum(models._skip_empty(_analytic_field, cfg, jnp.asarray(bound), m, covs, viewdirs,
+    grad = jax.grad(lambda m: jnp.sum(sample_packing.skip_empty(_analytic_field, cfg, jnp.asarray(bound), m, covs, viewdirs,
                                                          None, pack=True)[0]))(means)
     evaluated = packed_live if budget < 1 else live
     np.testing.assert_allclose(grad, np.where(evaluated[..., None], 2 * np.asarray(means), 0.0), rtol=1e-5)
