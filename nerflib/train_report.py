@@ -6,15 +6,13 @@ consistent with a resumed run (rows after the checkpoint's step are dropped).
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from nerflib import fileio
+from nerflib import fileio, logs
 
 TSV_COLUMNS = ("step", "loss", "psnr", "lr", "rays_per_s", "elapsed_s")
 
@@ -55,17 +53,6 @@ def tb_writer(directory: Path, purge_step: int | None = None, suffix: str = ""):
     return SummaryWriter(str(directory), purge_step=purge_step, filename_suffix=suffix)
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                disable=not sys.stderr.isatty() and os.environ.get("DNERF_PROGRESS") != "1")
-
-
 def fmt_eta(seconds: float) -> str:
     if not np.isfinite(seconds):
         return "?"
@@ -90,7 +77,7 @@ class Reporter:
         self.writer = tb_writer(self.tb_dir, purge_step=purge) if (tb and main) else None
         if tb and main and self.writer is None:
             log("tensorboardX is not installed: no TensorBoard scalars")
-        self.bar = progress_bar(end, start, progress and main)
+        self.bar = logs.progress_bar(end, initial=start, unit="step", enabled=progress and main)
         self.t0 = time.perf_counter()
         self.t_window, self.steps_window = None, 0
         self.rays_per_s = float("nan")
