@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from nerflib import fileio, matching, pose_checks
@@ -202,31 +203,9 @@ def _attempt_record(a: dict, total: int) -> dict:
             "warnings": len(diag["warnings"]) if diag else None, "seconds": round(a["seconds"], 3)}
 
 
-def run_sfm(
-    image_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    camera_model: str = "OPENCV",
-    single_camera: bool = True,
-    matcher: str = "auto",
-    vocab_tree: str | os.PathLike | None = None,
-    vocab_tree_num_images: int = VOCAB_TREE_NUM_IMAGES,
-    overlap: int = 10,
-    threads: int = -1,
-    max_image_size: int | None = 3200,
-    max_num_features: int = 8192,
-    sift_first_octave: int | str = "auto",
-    min_registered_fraction: float = 0.5,
-    gpu="auto",
-    seed: int = 0,
-    keep_database: bool = True,
-    strict: bool = False,
-    mapper: str = "incremental",
-    summary_path: str | os.PathLike | None = None,
-    log: Callable[[str], object] = print,
-    on_stage: Callable[[str, str], object] | None = None,
-) -> dict:
-    """Estimate camera poses and intrinsics of the photos in `image_dir` with COLMAP.
+@dataclass(frozen=True)
+class SfMOptions:
+    """run_sfm's settings, each also a keyword argument of run_sfm (whose signature holds the defaults).
 
     camera_model : one of nerflib.types.CAMERA_MODELS (COLMAP names).
     single_camera: one shared camera for all photos (else COLMAP's AUTO mode:
@@ -254,6 +233,7 @@ def run_sfm(
     gpu          : "auto" (SIFT extraction and matching on the GPU when pycolmap is
                    a CUDA build and a device is visible: `nerflib.sift.resolve_gpu`), True, False.
     seed         : COLMAP's random seed (runs are repeatable up to thread timing).
+    keep_database: move the feature/match database to out_dir/database.db.
     strict       : raise SfMError when the pose diagnostics warn (path jumps,
                    weak images, a split view graph; nerflib.pose_checks), instead
                    of only logging the warning; the model and summary are
@@ -266,25 +246,66 @@ def run_sfm(
                    model with fewer problem photos (unregistered + flagged) is
                    kept, global on a tie. On the 40-view demo both register
                    every view (tests/test_sfm.py).
-    on_stage     : if given, called as on_stage(stage, "start") and on_stage(stage,
-                   "end") right around each timed stage ("extraction", "matching",
-                   "mapping"), e.g. to measure its CPU time (bench/pose_bench.py).
-
-    Returns the summary dict (also written to `summary_path`, default
-    out_dir/poses/summary.json): total, registered, registered_fraction,
-    unregistered (names), models_found, model_sizes, model_kept, matcher,
-    matcher_reason, vocab_tree (path, or None when no tree was used),
-    camera_model, cameras (model, width, height, params in full-size pixels),
-    points, mean_reprojection_error_px, keypoints, matched_pairs (image
-    pairs the matcher tried: n(n-1)/2 for exhaustive), verified_pairs, the settings
-    used, mapper (the one whose model was kept), mapper_requested, mapper_reason,
-    mapper_attempts ([{mapper, registered, models, problems, warnings, seconds}]), diagnostics (pose_checks.diagnose: per-image observations, track
-    lengths, view graph, path continuity, warnings), and timings (extraction_s, matching_s, mapping_s, total_s). Raises
-    ValueError for bad arguments, unreadable photos or a vocabulary tree that
-    does not load, SfMError when too few photos register.
     """
-    import pycolmap
 
+    camera_model: str
+    single_camera: bool
+    matcher: str
+    vocab_tree: str | os.PathLike | None
+    vocab_tree_num_images: int
+    overlap: int
+    threads: int
+    max_image_size: int | None
+    max_num_features: int
+    sift_first_octave: int | str
+    min_registered_fraction: float
+    gpu: object
+    seed: int
+    keep_database: bool
+    strict: bool
+    mapper: str
+
+
+def run_sfm(
+    image_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    camera_model: str = "OPENCV",
+    single_camera: bool = True,
+    matcher: str = "auto",
+    vocab_tree: str | os.PathLike | None = None,
+    vocab_tree_num_images: int = VOCAB_TREE_NUM_IMAGES,
+    overlap: int = 10,
+    threads: int = -1,
+    max_image_size: int | None = 3200,
+    max_num_features: int = 8192,
+    sift_first_octave: int | str = "auto",
+    min_registered_fraction: float = 0.5,
+    gpu="auto",
+    seed: int = 0,
+    keep_database: bool = True,
+    strict: bool = False,
+    mapper: str = "incremental",
+    summary_path: str | os.PathLike | None = None,
+    log: Callable[[str], object] = print,
+    on_stage: Callable[[str, str], object] | None = None,
+) -> dict:
+    """Estimate camera poses and intrinsics of the photos in `image_dir` with COLMAP.
+
+    The settings are documented on `SfMOptions`. on_stage: if given, called as on_stage(stage, "start") and
+    on_stage(stage, "end") right around each timed stage ("extraction", "matching", "mapping"), e.g. to measure
+    its CPU time (bench/pose_bench.py).
+
+    Returns the summary dict (`sfm_summary` lists its keys), also written to `summary_path` (default
+    out_dir/poses/summary.json). Raises ValueError for bad arguments, unreadable photos or a vocabulary tree
+    that does not load, SfMError when too few photos register.
+    """
+    opts = SfMOptions(
+        camera_model=camera_model, single_camera=single_camera, matcher=matcher, vocab_tree=vocab_tree,
+        vocab_tree_num_images=vocab_tree_num_images, overlap=overlap, threads=threads, max_image_size=max_image_size,
+        max_num_features=max_num_features, sift_first_octave=sift_first_octave,
+        min_registered_fraction=min_registered_fraction, gpu=gpu, seed=seed, keep_database=keep_database,
+        strict=strict, mapper=mapper)
     matching.check_settings(camera_model, matcher, threads, max_image_size, min_registered_fraction, overlap)
     if mapper not in MAPPERS:
         raise ValueError(f"unknown mapper {mapper!r}; choose one of {', '.join(MAPPERS)}")
@@ -293,8 +314,6 @@ def run_sfm(
         image_dir, camera_model=camera_model, single_camera=single_camera, matcher=matcher, vocab_tree=vocab_tree,
         vocab_tree_num_images=vocab_tree_num_images, overlap=overlap, threads=threads, max_image_size=max_image_size,
         max_num_features=max_num_features, sift_first_octave=sift_first_octave, gpu=gpu, log=log)
-    names, n = plan["names"], len(plan["names"])
-    matcher_used = plan["matcher"]
     summary_path = Path(summary_path) if summary_path is not None else Path(layout.summary_json)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,114 +329,157 @@ def run_sfm(
         database = work / "database.db"
         feats = matching.extract_and_match_planned(plan, database, seed=seed, log=log, stage=stage)
         timings = dict(feats["timings"])
-
-        # 3. Mapping (incremental, global: GLOMAP, or auto: global, else incremental);
-        # keep the model with the most registered images.
-        stage("mapping", "start")
-        t0 = time.perf_counter()
-        ordered = True if matcher_used == "sequential" else None  # None: judged from the matches
-        attempts = []
-        mapper_reason = "requested"
-        for m in ("global", "incremental") if mapper == "auto" else (mapper,):
-            attempts.append(_map_attempt(m, database, image_dir, work / f"models_{m}", names, threads=threads,
-                                         seed=seed, ordered=ordered, log=log))
-            if mapper != "auto" or m == "incremental":
-                break
-            why = auto_fallback_reason(n, attempts[-1]["registered"], attempts[-1]["diag"])
-            if why is None:
-                mapper_reason = "auto: global mapping registered the photos and its diagnostics are clean"
-                break
-            mapper_reason = f"auto: global mapping {why}"
-            log(f"[sfm] mapper auto: global mapping {why}; trying incremental mapping on the same matches")
-        chosen = min(attempts, key=lambda a: (problem_count(n, a["registered"], a["diag"]), -a["registered"]))
-        if len(attempts) > 1:
-            tally = ", ".join(f"{a['mapper']} {problem_count(n, a['registered'], a['diag'])}" for a in attempts)
-            mapper_reason += f"; incremental tried, {chosen['mapper']} kept (photos unregistered or flagged: {tally})"
-            log(f"[sfm] mapper auto: keeping the {chosen['mapper']} model ({mapper_reason})")
-        timings["mapping_s"] = time.perf_counter() - t0
-        stage("mapping", "end")
-        models, counts = chosen["models"], chosen["counts"]
+        mapping = _mapping_stage(opts, database, image_dir, work, plan, timings=timings, stage=stage, log=log)
         timings["total_s"] = time.perf_counter() - t_start
-
-        summary = {
-            "image_dir": str(image_dir),
-            "total": n,
-            "registered": 0,
-            "registered_fraction": 0.0,
-            "unregistered": list(names),
-            "models_found": len(models),
-            "model_sizes": sorted(counts.values(), reverse=True),
-            "model_kept": None,
-            "matcher": matcher_used,
-            "matcher_reason": plan["matcher_reason"],
-            "mapper": chosen["mapper"],
-            "mapper_requested": mapper,
-            "mapper_reason": mapper_reason,
-            "mapper_attempts": [_attempt_record(a, n) for a in attempts],
-            "vocab_tree": str(vocab_tree) if plan["uses_tree"] else None,
-            "vocab_tree_num_images": min(vocab_tree_num_images, n) if matcher_used == "vocab_tree" else None,
-            "camera_model": camera_model,
-            "single_camera": bool(single_camera),
-            "max_image_size": max_image_size,
-            "max_num_features": max_num_features,
-            "sift_first_octave": plan["first_octave"],
-            "threads": threads,
-            "gpu": plan["use_gpu"],
-            "gpu_reason": plan["gpu_reason"],
-            "keypoints": feats["keypoints"],
-            "matched_pairs": feats["matched_pairs"],
-            "verified_pairs": feats["verified_pairs"],
-            "pycolmap_version": pycolmap.__version__,
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-        }
-        advice = (
-            "Try: photos with more overlap (each point of the scene seen from 3+ nearby views), "
-            "another matcher (exhaustive for unordered photos), more texture in the scene "
-            "(plain walls and reflective objects give no features), a larger max_image_size, "
-            "or a different camera model (SIMPLE_RADIAL for few photos, OPENCV_FISHEYE for wide lenses)."
-        )
-        if not models:
-            log(f"[sfm] summary: {summary}")
-            raise SfMError(
-                f"structure from motion registered 0 of {n} images in {image_dir}: "
-                f"no initial image pair was found ({feats['verified_pairs']} verified pairs). {advice}"
-            )
-        kept, rec, diag = chosen["kept"], chosen["rec"], chosen["diag"]
-        summary.update(summarize_reconstruction(rec, names))
-        summary["model_kept"] = kept
-        summary["registered_fraction"] = summary["registered"] / n
-        summary.pop("registered_names")  # long; the model itself lists them
-        log(
-            f"[sfm] kept model {kept}: {summary['registered']}/{n} images registered, "
-            f"{summary['points']} points, mean reprojection error "
-            f"{summary['mean_reprojection_error_px']:.3f} px, total {timings['total_s']:.1f} s"
-        )
-        if summary["unregistered"]:
-            log(f"[sfm] unregistered: {', '.join(summary['unregistered'])}")
-        summary["diagnostics"] = diag
-        log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
-        if diag["warnings"]:
-            log(f"[sfm] WARNING: {pose_checks.warning_message(diag)}")
-        needed = math.ceil(min_registered_fraction * n)
-        if summary["registered"] < needed:
-            raise SfMError(
-                f"structure from motion registered only {summary['registered']} of {n} images in {image_dir} "
-                f"(at least {needed} = {min_registered_fraction:.0%} required; {len(models)} separate model(s) "
-                f"of sizes {summary['model_sizes']}). {advice} If a partial model is acceptable, "
-                "lower min_registered_fraction."
-            )
-
-        # 4. Publish: model folder, database, summary (each renamed into place).
-        staged = work / "sparse0"
-        staged.mkdir()
-        rec.write_binary(staged)
-        _replace_dir(staged, Path(layout.sparse), work)
-        if keep_database:
-            os.replace(database, layout.database)
-        fileio.write_json(summary_path, summary)
+        summary = sfm_summary(opts, image_dir, plan, feats, mapping, timings)
+        _check_model(summary, mapping["chosen"], opts, image_dir, plan["names"], total_s=timings["total_s"], log=log)
+        diag = mapping["chosen"]["diag"]
+        _publish(mapping["chosen"]["rec"], summary, work, database, layout, summary_path, opts.keep_database)
         if strict and diag["warnings"]:
             raise SfMError(f"sfm.strict is set and the pose diagnostics warn (model and summary written to {out_dir} "
                            f"for inspection): {pose_checks.warning_message(diag)}")
         return summary
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _mapping_stage(opts: SfMOptions, database, image_dir, work, plan, *, timings, stage, log) -> dict:
+    """run_sfm's step 3: map (incremental, global: GLOMAP, or auto: global, else incremental) and choose a model.
+
+    Adds timings["mapping_s"]. Returns attempts (_map_attempt results), chosen (the attempt whose largest model
+    is kept: fewest problem photos, then most registered) and reason (why that mapper, for the summary).
+    """
+    names, mapper = plan["names"], opts.mapper
+    n = len(names)
+    stage("mapping", "start")
+    t0 = time.perf_counter()
+    ordered = True if plan["matcher"] == "sequential" else None  # None: judged from the matches
+    attempts = []
+    reason = "requested"
+    for m in ("global", "incremental") if mapper == "auto" else (mapper,):
+        attempts.append(_map_attempt(m, database, image_dir, work / f"models_{m}", names, threads=opts.threads,
+                                     seed=opts.seed, ordered=ordered, log=log))
+        if mapper != "auto" or m == "incremental":
+            break
+        why = auto_fallback_reason(n, attempts[-1]["registered"], attempts[-1]["diag"])
+        if why is None:
+            reason = "auto: global mapping registered the photos and its diagnostics are clean"
+            break
+        reason = f"auto: global mapping {why}"
+        log(f"[sfm] mapper auto: global mapping {why}; trying incremental mapping on the same matches")
+    chosen = min(attempts, key=lambda a: (problem_count(n, a["registered"], a["diag"]), -a["registered"]))
+    if len(attempts) > 1:
+        tally = ", ".join(f"{a['mapper']} {problem_count(n, a['registered'], a['diag'])}" for a in attempts)
+        reason += f"; incremental tried, {chosen['mapper']} kept (photos unregistered or flagged: {tally})"
+        log(f"[sfm] mapper auto: keeping the {chosen['mapper']} model ({reason})")
+    timings["mapping_s"] = time.perf_counter() - t0
+    stage("mapping", "end")
+    return {"attempts": attempts, "chosen": chosen, "reason": reason}
+
+
+def sfm_summary(opts: SfMOptions, image_dir: Path, plan: dict, feats: dict, mapping: dict, timings: dict) -> dict:
+    """run_sfm's summary before the kept model is summarized (as written when no model was found).
+
+    Keys: image_dir, total, registered, registered_fraction, unregistered (names), models_found, model_sizes,
+    model_kept, matcher, matcher_reason, mapper (the one whose model was kept), mapper_requested, mapper_reason,
+    mapper_attempts ([{mapper, registered, models, problems, warnings, seconds}]), vocab_tree (path, or None
+    when no tree was used), vocab_tree_num_images, the settings used (camera_model, single_camera,
+    max_image_size, max_num_features, sift_first_octave, threads, gpu, gpu_reason), keypoints, matched_pairs
+    (image pairs the matcher tried: n(n-1)/2 for exhaustive), verified_pairs, pycolmap_version and timings
+    (extraction_s, matching_s, mapping_s, total_s). With a model `_check_model` adds
+    `summarize_reconstruction`'s keys (cameras: model, width, height, params in full-size pixels; points,
+    mean_reprojection_error_px, ...) and diagnostics (pose_checks.diagnose: per-image observations, track
+    lengths, view graph, path continuity, warnings).
+    """
+    import pycolmap
+
+    names, chosen = plan["names"], mapping["chosen"]
+    n, matcher_used = len(names), plan["matcher"]
+    return {
+        "image_dir": str(image_dir),
+        "total": n,
+        "registered": 0,
+        "registered_fraction": 0.0,
+        "unregistered": list(names),
+        "models_found": len(chosen["models"]),
+        "model_sizes": sorted(chosen["counts"].values(), reverse=True),
+        "model_kept": None,
+        "matcher": matcher_used,
+        "matcher_reason": plan["matcher_reason"],
+        "mapper": chosen["mapper"],
+        "mapper_requested": opts.mapper,
+        "mapper_reason": mapping["reason"],
+        "mapper_attempts": [_attempt_record(a, n) for a in mapping["attempts"]],
+        "vocab_tree": str(opts.vocab_tree) if plan["uses_tree"] else None,
+        "vocab_tree_num_images": min(opts.vocab_tree_num_images, n) if matcher_used == "vocab_tree" else None,
+        "camera_model": opts.camera_model,
+        "single_camera": bool(opts.single_camera),
+        "max_image_size": opts.max_image_size,
+        "max_num_features": opts.max_num_features,
+        "sift_first_octave": plan["first_octave"],
+        "threads": opts.threads,
+        "gpu": plan["use_gpu"],
+        "gpu_reason": plan["gpu_reason"],
+        "keypoints": feats["keypoints"],
+        "matched_pairs": feats["matched_pairs"],
+        "verified_pairs": feats["verified_pairs"],
+        "pycolmap_version": pycolmap.__version__,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+SFM_ADVICE = (
+    "Try: photos with more overlap (each point of the scene seen from 3+ nearby views), "
+    "another matcher (exhaustive for unordered photos), more texture in the scene "
+    "(plain walls and reflective objects give no features), a larger max_image_size, "
+    "or a different camera model (SIMPLE_RADIAL for few photos, OPENCV_FISHEYE for wide lenses)."
+)
+
+
+def _check_model(summary: dict, chosen: dict, opts: SfMOptions, image_dir: Path, names: list[str], *, total_s: float,
+                 log) -> None:
+    """Add the kept model's figures and diagnostics to `summary` and log them; SfMError when it is missing or
+    registers fewer than opts.min_registered_fraction of the photos."""
+    n, models = len(names), chosen["models"]
+    if not models:
+        log(f"[sfm] summary: {summary}")
+        raise SfMError(
+            f"structure from motion registered 0 of {n} images in {image_dir}: "
+            f"no initial image pair was found ({summary['verified_pairs']} verified pairs). {SFM_ADVICE}"
+        )
+    kept, diag = chosen["kept"], chosen["diag"]
+    summary.update(summarize_reconstruction(chosen["rec"], names))
+    summary["model_kept"] = kept
+    summary["registered_fraction"] = summary["registered"] / n
+    summary.pop("registered_names")  # long; the model itself lists them
+    log(
+        f"[sfm] kept model {kept}: {summary['registered']}/{n} images registered, "
+        f"{summary['points']} points, mean reprojection error "
+        f"{summary['mean_reprojection_error_px']:.3f} px, total {total_s:.1f} s"
+    )
+    if summary["unregistered"]:
+        log(f"[sfm] unregistered: {', '.join(summary['unregistered'])}")
+    summary["diagnostics"] = diag
+    log(f"[sfm] diagnostics: {pose_checks.summary_line(diag)}")
+    if diag["warnings"]:
+        log(f"[sfm] WARNING: {pose_checks.warning_message(diag)}")
+    needed = math.ceil(opts.min_registered_fraction * n)
+    if summary["registered"] < needed:
+        raise SfMError(
+            f"structure from motion registered only {summary['registered']} of {n} images in {image_dir} "
+            f"(at least {needed} = {opts.min_registered_fraction:.0%} required; {len(models)} separate model(s) "
+            f"of sizes {summary['model_sizes']}). {SFM_ADVICE} If a partial model is acceptable, "
+            "lower min_registered_fraction."
+        )
+
+
+def _publish(rec, summary: dict, work: Path, database: Path, layout: SceneLayout, summary_path: Path,
+             keep_database: bool) -> None:
+    """run_sfm's step 4: model folder, database, summary (each renamed into place)."""
+    staged = work / "sparse0"
+    staged.mkdir()
+    rec.write_binary(staged)
+    _replace_dir(staged, Path(layout.sparse), work)
+    if keep_database:
+        os.replace(database, layout.database)
+    fileio.write_json(summary_path, summary)

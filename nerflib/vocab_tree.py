@@ -147,50 +147,24 @@ def build_vocab_tree(
                    vocab_tree_builder uses 100 x 3; 25 x 1 is 12x cheaper and
                    retrieval only needs rough words).
 
-    The tree is a COLMAP faiss visual index (file version 2, SIFT, 128-D
-    descriptors, 64-bit Hamming embedding) trained like COLMAP's
-    vocab_tree_builder: uint8 SIFT descriptors cast to float (COLMAP's own
-    conversion), k-means into visual words, a faiss search index over the
-    words, and the Hamming embedding learnt from the training descriptors.
+    The tree is a COLMAP faiss visual index trained like COLMAP's vocab_tree_builder (`train_visual_index`).
     The written file is read back before it is renamed into place.
 
     Returns tree, source, images, descriptors_total, descriptors_used,
     num_visual_words, bytes and timings (extraction_s, build_s, total_s).
     """
-    import pycolmap
-
-    if num_visual_words is not None and (not isinstance(num_visual_words, int) or num_visual_words < 2):
-        raise ValueError(f"num_visual_words must be an integer >= 2 or None (auto), got {num_visual_words!r}")
-    for name, value, low in [("max_num_descriptors", max_num_descriptors, MIN_VISUAL_WORDS * DESCRIPTORS_PER_WORD),
-                             ("num_iterations", num_iterations, 1), ("num_rounds", num_rounds, 1)]:
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    sift.check_extraction_args(threads, max_image_size)
-    sift.check_sift_args(max_num_features, sift_first_octave)
     source, tree_path = Path(source), Path(tree_path)
-    if source.is_file():
-        with open(source, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise ValueError(f"{source} is neither a folder of photos nor a COLMAP database (SQLite) file")
-    elif not source.is_dir():
-        raise ValueError(f"{source} does not exist (give a folder of photos or a COLMAP database.db)")
+    _check_build_args(source, num_visual_words, max_num_descriptors, num_iterations, num_rounds, threads,
+                      max_image_size, max_num_features, sift_first_octave)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     tree_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=tree_path.parent, prefix=".vocab-tree-"))
     try:
         if source.is_dir():
-            use_gpu, _ = sift.resolve_gpu(gpu)
-            sizes = check_images(source, min_images=1)
-            longest, first_octave = sift.choose_first_octave(sizes, max_image_size, sift_first_octave)
-            log(
-                f"[vocab-tree] extracting SIFT from {len(sizes)} photos in {source} (longest side {longest} px, "
-                f"first octave {first_octave}, <= {max_num_features} features, {'GPU' if use_gpu else 'CPU'})"
-            )
-            database = work / "database.db"
-            sift.extract(database, source, [n for n, _, _ in sizes], camera_model="SIMPLE_RADIAL", single_camera=False,
-                         threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
-                         first_octave=first_octave, use_gpu=use_gpu)
+            database = _extract_photos(source, work / "database.db", threads=threads, max_image_size=max_image_size,
+                                       max_num_features=max_num_features, sift_first_octave=sift_first_octave,
+                                       gpu=gpu, log=log)
             timings["extraction_s"] = time.perf_counter() - t_start
         else:
             database = source
@@ -205,39 +179,101 @@ def build_vocab_tree(
             f"words (k-means: {num_iterations} iterations x {num_rounds} round(s), threads {threads})"
         )
         t0 = time.perf_counter()
-        pycolmap.set_random_seed(seed)
-        options = pycolmap.VisualIndex.BuildOptions()
-        options.num_visual_words = words
-        options.num_iterations = num_iterations
-        options.num_rounds = num_rounds
-        options.num_threads = threads
-        index = pycolmap.VisualIndex.create(128, 64)
-        index.build(options, pycolmap.FeatureDescriptorsFloat(pycolmap.FeatureExtractorType.SIFT, descriptors))
+        index = train_visual_index(descriptors, words, num_iterations=num_iterations, num_rounds=num_rounds,
+                                   threads=threads, seed=seed)
         del descriptors
         timings["build_s"] = time.perf_counter() - t0
-
-        with fileio.atomic_path(tree_path) as tmp:
-            index.write(tmp)
-            loaded = check_vocab_tree(tmp)
-            if loaded["num_visual_words"] != index.num_visual_words():
-                raise RuntimeError(f"vocabulary tree written to {tmp} reads back with {loaded} words")
+        loaded = _write_tree(index, tree_path)
         timings["total_s"] = time.perf_counter() - t_start
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary = {
-        "tree": str(tree_path),
-        "source": str(source),
-        "images": n_images,
-        "descriptors_total": total,
-        "descriptors_used": min(total, max_num_descriptors),
-        "num_visual_words": int(index.num_visual_words()),
-        "bytes": loaded["bytes"],
-        "pycolmap_version": pycolmap.__version__,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    summary = _tree_summary(tree_path, source, n_images, total, min(total, max_num_descriptors), index, loaded, timings)
     log(
         f"[vocab-tree] wrote {tree_path} ({summary['num_visual_words']} words, {summary['bytes'] / 1e6:.1f} MB) "
         f"in {timings['total_s']:.1f} s (k-means and index {timings['build_s']:.1f} s)"
     )
     return summary
 
+
+def _check_build_args(source: Path, num_visual_words, max_num_descriptors, num_iterations, num_rounds, threads,
+                      max_image_size, max_num_features, sift_first_octave) -> None:
+    """ValueError for a bad build_vocab_tree setting or a source that is neither a folder nor a SQLite file."""
+    if num_visual_words is not None and (not isinstance(num_visual_words, int) or num_visual_words < 2):
+        raise ValueError(f"num_visual_words must be an integer >= 2 or None (auto), got {num_visual_words!r}")
+    for name, value, low in [("max_num_descriptors", max_num_descriptors, MIN_VISUAL_WORDS * DESCRIPTORS_PER_WORD),
+                             ("num_iterations", num_iterations, 1), ("num_rounds", num_rounds, 1)]:
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    sift.check_extraction_args(threads, max_image_size)
+    sift.check_sift_args(max_num_features, sift_first_octave)
+    if source.is_file():
+        with open(source, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"{source} is neither a folder of photos nor a COLMAP database (SQLite) file")
+    elif not source.is_dir():
+        raise ValueError(f"{source} does not exist (give a folder of photos or a COLMAP database.db)")
+
+
+def _extract_photos(source: Path, database: Path, *, threads, max_image_size, max_num_features, sift_first_octave,
+                    gpu, log) -> Path:
+    """SIFT features of the photos in `source` into a new `database` (as run_sfm extracts them); returns it."""
+    use_gpu, _ = sift.resolve_gpu(gpu)
+    sizes = check_images(source, min_images=1)
+    longest, first_octave = sift.choose_first_octave(sizes, max_image_size, sift_first_octave)
+    log(
+        f"[vocab-tree] extracting SIFT from {len(sizes)} photos in {source} (longest side {longest} px, "
+        f"first octave {first_octave}, <= {max_num_features} features, {'GPU' if use_gpu else 'CPU'})"
+    )
+    sift.extract(database, source, [n for n, _, _ in sizes], camera_model="SIMPLE_RADIAL", single_camera=False,
+                 threads=threads, max_image_size=max_image_size, max_num_features=max_num_features,
+                 first_octave=first_octave, use_gpu=use_gpu)
+    return database
+
+
+def train_visual_index(descriptors: np.ndarray, words: int, *, num_iterations: int, num_rounds: int, threads: int,
+                       seed: int):
+    """A pycolmap.VisualIndex (SIFT, 128-D descriptors, 64-bit Hamming embedding) trained on float32 `descriptors`.
+
+    As COLMAP's vocab_tree_builder: the uint8 SIFT descriptors cast to float (COLMAP's own conversion),
+    k-means into `words` visual words, a faiss search index over the words, and the Hamming embedding
+    learnt from the training descriptors.
+    """
+    import pycolmap
+
+    pycolmap.set_random_seed(seed)
+    options = pycolmap.VisualIndex.BuildOptions()
+    options.num_visual_words = words
+    options.num_iterations = num_iterations
+    options.num_rounds = num_rounds
+    options.num_threads = threads
+    index = pycolmap.VisualIndex.create(128, 64)
+    index.build(options, pycolmap.FeatureDescriptorsFloat(pycolmap.FeatureExtractorType.SIFT, descriptors))
+    return index
+
+
+def _write_tree(index, tree_path: Path) -> dict:
+    """Write `index` to `tree_path` atomically after reading it back (`check_vocab_tree`'s dict)."""
+    with fileio.atomic_path(tree_path) as tmp:
+        index.write(tmp)
+        loaded = check_vocab_tree(tmp)
+        if loaded["num_visual_words"] != index.num_visual_words():
+            raise RuntimeError(f"vocabulary tree written to {tmp} reads back with {loaded} words")
+    return loaded
+
+
+def _tree_summary(tree_path: Path, source: Path, n_images: int, total: int, used: int, index, loaded: dict,
+                  timings: dict) -> dict:
+    """build_vocab_tree's result (JSON-serializable)."""
+    import pycolmap
+
+    return {
+        "tree": str(tree_path),
+        "source": str(source),
+        "images": n_images,
+        "descriptors_total": total,
+        "descriptors_used": used,
+        "num_visual_words": int(index.num_visual_words()),
+        "bytes": loaded["bytes"],
+        "pycolmap_version": pycolmap.__version__,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }

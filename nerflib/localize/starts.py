@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from nerflib.sift import SIFT_UPSAMPLE_MAX_SIZE
 from nerflib.types import Camera
 
 
@@ -56,7 +57,7 @@ def _sift(image: np.ndarray, max_num_features: int = 8192):
     gray = np.ascontiguousarray(np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8))
     opts = pycolmap.FeatureExtractionOptions()
     opts.sift.max_num_features = int(max_num_features)
-    opts.sift.first_octave = -1 if max(gray.shape) <= 1024 else 0  # as nerflib.sift chooses it
+    opts.sift.first_octave = -1 if max(gray.shape) <= SIFT_UPSAMPLE_MAX_SIZE else 0  # as nerflib.sift chooses it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # pycolmap.Sift: the array API that is documented
         sift = pycolmap.Sift(opts, device=pycolmap.Device.cpu)
