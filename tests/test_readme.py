@@ -139,3 +139,37 @@ def test_cuda12_install_verbatim(checkout):
     output = result.stdout + result.stderr
     assert "jax-cuda12-plugin" in output, output[-4000:]
     assert "JAX backend" in output, output[-4000:]
+
+
+PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
+
+
+def test_readme_python_examples_call_the_public_steps_as_they_are_declared():
+    """Each `steps.NAME(...)` call in the README's Python blocks names a public step
+    (nerflib.PUBLIC_STEPS) and binds to its signature (names, positions, required arguments)."""
+    import ast
+    import inspect
+
+    import nerflib
+    from nerflib import steps
+
+    calls = []
+    for block in PYTHON_BLOCK.findall((REPO / "README.md").read_text()):
+        for node in ast.walk(ast.parse(block)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "steps"):
+                calls.append(node)
+    assert calls, "the README shows no call of nerflib.steps"
+    for call in calls:
+        name = call.func.attr
+        assert name in nerflib.PUBLIC_STEPS and callable(getattr(steps, name)), name
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        inspect.signature(getattr(steps, name)).bind(*args, **kwargs)  # TypeError if it does not fit
+    assert all(callable(getattr(steps, n)) for n in nerflib.PUBLIC_STEPS)
+
+
+def test_importing_the_library_loads_neither_jax_nor_pycolmap():
+    code = "import sys, nerflib, nerflib.steps; print(sorted(m for m in ('jax', 'pycolmap') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout
