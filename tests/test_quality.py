@@ -70,15 +70,27 @@ def test_multisampled_field_features_match_a_direct_computation(count):
         assert weights[..., -1].min() < 0.5 < weights[..., 0].min()
 
 
-def test_multisampled_model_trains_end_to_end_with_skipping_and_packing():
+def test_multisampled_model_renders_finite_colours_and_gradients():
+    """The model's wiring of multisamples (6 in the final round, 1 in the proposal round), one jit."""
+    grid = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 8), ("base_resolution", 4),
+            ("max_resolution", 32))
     cfg = configs.get_preset("tiny", **{"model.multisamples": 6, "model.prop_multisamples": 1,
-                                        "model.num_prop_samples": (8,), "model.num_nerf_samples": 8,
-                                        "model.skip_threshold": 1e-4, "model.sample_budget": 0.5}).model
+                                        "model.hashgrid_options": grid, "model.prop_hashgrid_options": grid,
+                                        "model.num_prop_samples": (4,), "model.num_nerf_samples": 4}).model
     model = models.make_model(cfg, num_images=2)
     variables = models.init_variables(model, jax.random.PRNGKey(0))
-    rays = models.dummy_rays(cfg, 16)
-    out = model.apply(variables, rays, rng=jax.random.PRNGKey(1), train_frac=0.5)[0][-1]["rgb"]
-    assert out.shape == (16, 3) and np.isfinite(np.asarray(out)).all()
+    rays = models.dummy_rays(cfg, 8)
+
+    @jax.jit
+    def rgb_and_grad(params):
+        def total(p):
+            return model.apply({"params": p}, rays, rng=jax.random.PRNGKey(1), train_frac=0.5)[0][-1]["rgb"].sum()
+        return jax.value_and_grad(total)(params)
+
+    value, grad = rgb_and_grad(variables["params"])
+    assert np.isfinite(float(value))
+    table_grad = np.asarray(grad["nerf_field"]["hash_encoding"]["tables"])
+    assert np.isfinite(table_grad).all() and np.abs(table_grad).sum() > 0
     with pytest.raises(ValueError, match="multisamples must be 0"):
         configs.get_preset("tiny", **{"model.multisamples": 3})
     with pytest.raises(ValueError, match="needs field='hashgrid'"):
@@ -206,11 +218,16 @@ def test_appearance_codes_are_per_image_and_zero_for_unseen_views():
     rays = rays.replace(viewdirs=rays.directions / jnp.linalg.norm(rays.directions, axis=-1, keepdims=True),
                         cam_idx=jnp.full((6, 1), 3, jnp.int32))
 
-    def rgb(p, r, **kw):
-        return model.apply({"params": p}, r, rng=None, train_frac=1.0, **kw)[0][-1]["rgb"]
+    @jax.jit
+    def all_at_once(p):  # one compilation for the four renders
+        def rgb(p, **kw):
+            return model.apply({"params": p}, rays, rng=None, train_frac=1.0, **kw)[0][-1]["rgb"]
 
-    g = jax.grad(lambda p: rgb(p, rays).sum())(params)["glo"]["embedding"]
-    assert np.abs(np.asarray(g[3])).sum() > 0 and np.all(np.asarray(g)[[0, 1, 2, 4]] == 0)
-    zeroed = {**params, "glo": {"embedding": jnp.zeros((5, 4))}}
-    np.testing.assert_allclose(np.asarray(rgb(params, rays, zero_glo=True)), np.asarray(rgb(zeroed, rays)), atol=1e-6)
-    assert not np.allclose(np.asarray(rgb(params, rays)), np.asarray(rgb(zeroed, rays)), atol=1e-4)
+        zeroed = {**p, "glo": {"embedding": jnp.zeros((5, 4))}}
+        grad = jax.grad(lambda q: rgb(q).sum())(p)["glo"]["embedding"]
+        return grad, rgb(p), rgb(p, zero_glo=True), rgb(zeroed)
+
+    g, with_codes, zero_glo, zeroed = (np.asarray(a) for a in all_at_once(params))
+    assert np.abs(g[3]).sum() > 0 and np.all(g[[0, 1, 2, 4]] == 0)
+    np.testing.assert_allclose(zero_glo, zeroed, atol=1e-6)
+    assert not np.allclose(with_codes, zeroed, atol=1e-4)
