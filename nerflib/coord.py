@@ -41,6 +41,7 @@ __all__ = [
     "integrated_pos_enc",
     "expected_sin",
     "lift_gaussian",
+    "frustum_moments",
     "conical_frustum_to_gaussian",
     "cast_rays",
     "MULTISAMPLE_COUNTS",
@@ -236,16 +237,17 @@ def lift_gaussian(directions, t_mean, t_var, r_var, *, diag: bool):
     return mean, cov
 
 
-def conical_frustum_to_gaussian(directions, t0, t1, base_radius, *, diag: bool):
-    """Moment-matched Gaussian of the conical frustum between t0 and t1.
+def frustum_moments(t0, t1, base_radius):
+    """The moments of the conical frustum between t0 and t1 (its points weighted by volume).
 
-    The cone has its apex at the origin, axis `directions` and radius
-    `base_radius * t` at distance t (cross-sections are perpendicular to the
-    axis). Uses mip-NeRF's numerically stable form (its Eq. 7), written in
-    the midpoint mu and half-width hw of [t0, t1] to avoid the catastrophic
-    cancellation of the raw moments t1^k - t0^k.
+    The cone has its apex at the origin and radius `base_radius * t` at
+    distance t. Returns (t_mean, t_var, r_var): the mean and variance of the
+    distance t along the axis, and the variance across the axis per
+    perpendicular direction. Uses mip-NeRF's numerically stable form (its
+    Eq. 7), written in the midpoint mu and half-width hw of [t0, t1] to avoid
+    the catastrophic cancellation of the raw moments t1^k - t0^k.
 
-    Shapes: directions [..., 3]; t0, t1 [..., n]; base_radius [..., 1].
+    Shapes: t0, t1 [..., n]; base_radius [..., 1] (or broadcastable).
     """
     mu = 0.5 * (t0 + t1)
     hw = 0.5 * (t1 - t0)
@@ -256,7 +258,19 @@ def conical_frustum_to_gaussian(directions, t0, t1, base_radius, *, diag: bool):
     t_var = hw2 / 3.0 - (4.0 / 15.0) * hw2 * hw2 * (12.0 * mu2 - hw2) / (denom * denom)
     # E[t^2] / 4 (a disk of radius R has variance R^2/4 per axis), times r^2.
     r_var = (mu2 / 4.0 + (5.0 / 12.0) * hw2 - (4.0 / 15.0) * hw2 * hw2 / denom) * base_radius**2
-    return lift_gaussian(directions, t_mean, t_var, r_var, diag=diag)
+    return t_mean, t_var, r_var
+
+
+def conical_frustum_to_gaussian(directions, t0, t1, base_radius, *, diag: bool):
+    """Moment-matched Gaussian of the conical frustum between t0 and t1.
+
+    The cone has its apex at the origin, axis `directions` and radius
+    `base_radius * t` at distance t (cross-sections are perpendicular to the
+    axis); its moments are `frustum_moments`'.
+
+    Shapes: directions [..., 3]; t0, t1 [..., n]; base_radius [..., 1].
+    """
+    return lift_gaussian(directions, *frustum_moments(t0, t1, base_radius), diag=diag)
 
 
 def cast_rays(tdist, origins, directions, radii, *, diag: bool):
@@ -313,18 +327,12 @@ def multisample_frustum(tdist, origins, directions, radii, *, count: int, std_sc
         raise ValueError(f"count must be one of {MULTISAMPLE_COUNTS}, got {count!r}")
     if std_scale < 0:
         raise ValueError(f"std_scale must be >= 0, got {std_scale!r}")
-    t0, t1 = tdist[..., :-1], tdist[..., 1:]
-    # The same moments as conical_frustum_to_gaussian (see there), per interval.
-    mu, hw = 0.5 * (t0 + t1), 0.5 * (t1 - t0)
-    mu2, hw2 = mu * mu, hw * hw
-    denom = jnp.maximum(_EPS, 3.0 * mu2 + hw2)
-    t_mean = mu + 2.0 * mu * hw2 / denom
+    # The moments of cast_rays' Gaussians, per interval (unused ones cost nothing under jit).
+    t_mean, t_var, r_var = frustum_moments(tdist[..., :-1], tdist[..., 1:], radii)
     if count == 1:
         t = t_mean[..., None]  # [..., n, 1]
         offsets = jnp.zeros(t.shape + (3,), t.dtype)
     else:
-        t_var = hw2 / 3.0 - (4.0 / 15.0) * hw2 * hw2 * (12.0 * mu2 - hw2) / (denom * denom)
-        r_var = (mu2 / 4.0 + (5.0 / 12.0) * hw2 - (4.0 / 15.0) * hw2 * hw2 / denom) * radii**2
         # t_var can round to a tiny negative number for very thin intervals.
         t = t_mean[..., None] + jnp.sqrt(jnp.maximum(t_var, 0.0))[..., None] * jnp.asarray(_HEX_AXIAL, t_mean.dtype)
         theta = jnp.asarray(_HEX_ANGLES, t_mean.dtype)

@@ -183,6 +183,18 @@ def test_cast_rays_matches_monte_carlo_frustum_moments(t0, t1, radius):
     np.testing.assert_allclose(cov_diag, np.diag(cov), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("t0,t1", [(0.0, 0.5), (1.0, 1.5), (0.2, 3.0), (10.0, 10.5), (100.0, 200.0)])
+def test_frustum_moments_match_the_raw_moments_in_float64(t0, t1):
+    """E[t^k] = 3/(k+3) (t1^(k+3) - t0^(k+3)) / (t1^3 - t0^3) (density ~ t^2), exact in float64 here."""
+    radius = 0.03
+    raw = [3.0 / (k + 3) * (t1 ** (k + 3) - t0 ** (k + 3)) / (t1**3 - t0**3) for k in (1, 2)]
+    t_mean, t_var, r_var = (np.asarray(a).item() for a in coord.frustum_moments(
+        jnp.float32(t0), jnp.float32(t1), jnp.float32(radius)))
+    np.testing.assert_allclose(t_mean, raw[0], rtol=1e-6)
+    np.testing.assert_allclose(t_var, raw[1] - raw[0] ** 2, rtol=1e-3)
+    np.testing.assert_allclose(r_var, raw[1] / 4 * radius**2, rtol=1e-5)
+
+
 def test_projected_ipe_matches_monte_carlo_over_a_frustum():
     """Expected sin/cos of basis projections: IPE vs samples of the frustum itself.
 
