@@ -26,7 +26,9 @@ from typing import Any
 from nerflib import fileio
 from nerflib import typed
 from nerflib.typed import check_fields, check_type, to_dict  # noqa: F401 (re-exported)
+from nerflib.model_config import for_tiles, tiled_model_problems
 from nerflib.models import ModelConfig, model_mipnerf360, model_tiny
+from nerflib.settings import setting
 
 NORMALIZE_MODES = ("360", "forward", None)
 IMAGE_SHARDING = ("auto", "replicate", "shard")
@@ -91,6 +93,12 @@ class Config:
     # multiplier is still 1: a transient blow-up that one LR drop cures.
     debug_nan_steps: tuple[int, ...] = ()
 
+    # --- Spatial tiles (issue #26; nerflib.tiled, docs/tiles.md) ------------
+    tiles: int = setting(1, """Spatial tiles of the field (NeRF-XL): K > 1 splits space into K boxes, each with
+        its own hash grids and networks, sharded over the GPUs' 'tile' axis, so that more GPUs hold a larger
+        field. A power of two; 1 = the untiled model. Needs a hash-grid preset (tiny, fast, quality).""",
+                         minimum=1)
+
     def __post_init__(self):
         object.__setattr__(self, "debug_nan_steps", tuple(int(s) for s in self.debug_nan_steps))
         if not isinstance(self.model, ModelConfig):
@@ -115,6 +123,13 @@ class Config:
         need(self.normalize in NORMALIZE_MODES, f"normalize must be one of {NORMALIZE_MODES}", self.normalize)
         need(self.image_sharding in IMAGE_SHARDING, f"image_sharding must be one of {IMAGE_SHARDING}",
              self.image_sharding)
+        need(self.tiles >= 1 and self.tiles & (self.tiles - 1) == 0, "tiles must be a power of two "
+             "(1, 2, 4, 8, ...)", self.tiles)
+        if self.tiles > 1 and tiled_model_problems(self.model):
+            raise ValueError(
+                f"Config.tiles={self.tiles}: the tiled model does not support this model: "
+                f"{'; '.join(tiled_model_problems(self.model))}. The presets it supports: {', '.join(tiled_presets())} "
+                "(their speed-ups it lacks are turned off with tiles > 1); use one of them, or tiles 1")
         if self.near is not None or self.far is not None:
             need(0 <= self.ray_near < self.ray_far, "need 0 <= near < far", (self.near, self.far))
 
@@ -303,6 +318,11 @@ AUTO_GPU_PRESET = "fast"  # auto on a GPU: the best held-out PSNR per minute (be
 AUTO_CPU_PRESET = "tiny"  # auto on a CPU
 
 
+def tiled_presets() -> tuple[str, ...]:
+    """The presets the tiled model (Config.tiles > 1) supports: hash-grid fields (for_tiles adapts the rest)."""
+    return tuple(name for name in PRESETS if not tiled_model_problems(for_tiles(_FACTORIES[name]().model)))
+
+
 def get_preset(name: str, **overrides) -> Config:
     """The preset `name` ('mipnerf360', 'tiny', 'fast') with `overrides` applied."""
     if name not in _FACTORIES:
@@ -359,6 +379,10 @@ def _replace(cfg: Config, overrides: dict) -> Config:
         if key != "model":
             check_type(key, value, typing.get_type_hints(Config)[key])
         merged[key] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    if isinstance(merged["tiles"], int) and merged["tiles"] > 1 and cfg.tiles == 1 and "model" not in top:
+        # The preset's model as the tiled model runs it (model_config.for_tiles); the user's model
+        # overrides below still win (and fail, naming the option, where the tiled model lacks it).
+        merged["model"] = to_dict(for_tiles(cfg.model))
     for key, value in model_over.items():
         if key not in merged["model"]:
             raise ValueError(

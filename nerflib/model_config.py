@@ -21,6 +21,8 @@ __all__ = [
     "model_mipnerf360",
     "model_tiny",
     "config_from_dict",
+    "tiled_model_problems",
+    "for_tiles",
     "FIELDS",
     "BACKGROUNDS",
     "CONTRACTIONS",
@@ -236,6 +238,38 @@ def model_tiny(**overrides) -> ModelConfig:
         net_width_viewdirs=64,
     )
     return dataclasses.replace(tiny, **overrides)
+
+
+# --------------------------------------------------------------------------- the tiled model (issue #26)
+
+# Options of the untiled model that only speed it up, which the tiled model (nerflib.tiled) does not
+# implement: `for_tiles` turns them off, keeping every setting that shapes the field.
+_TILED_OFF = dict(opaque_background=False, skip_threshold=0.0, prop_grad_fraction=1.0, prop_sparsity_mult=0.0,
+                  sample_budget=1.0)
+
+
+def tiled_model_problems(cfg: ModelConfig) -> list[str]:
+    """What keeps `cfg` from being split into spatial tiles (nerflib.tiled.TiledModel); [] when it can be."""
+    bad = {
+        "field must be 'hashgrid'": cfg.field != "hashgrid",
+        "opaque_background must be False (only the last tile along a ray could close it)": cfg.opaque_background,
+        "background must be 'white' or 'black'": cfg.background == "random",
+        "skip_threshold must be 0": cfg.skip_threshold > 0,
+        "prop_grad_fraction must be 1": cfg.prop_grad_fraction != 1.0,
+        "num_glo_features must be 0": cfg.num_glo_features > 0,
+        "share_proposal_field must be True": not cfg.share_proposal_field,
+        "prop_sparsity_mult must be 0": cfg.prop_sparsity_mult > 0,
+        "multisamples and prop_multisamples must be 0": cfg.multisamples > 0 or cfg.prop_multisamples > 0,
+        "refine_poses must be False": cfg.refine_poses,
+    }
+    return [what for what, wrong in bad.items() if wrong]
+
+
+def for_tiles(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` as the tiled model runs it: the untiled model's speed-ups it lacks turned off (the last
+    interval is not opaque, no empty-space skipping, proposal gradients from every ray). Other
+    problems (an MLP field, appearance codes, ...) stay, for `tiled_model_problems` to name."""
+    return dataclasses.replace(cfg, **_TILED_OFF)
 
 
 def config_from_dict(d: dict) -> ModelConfig:

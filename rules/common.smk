@@ -32,7 +32,7 @@ def scene_layout(scene):
 
 DATASETS_SCHEMA = "../config/schemas/datasets.schema.yaml"
 SHEET_PATH = config["datasets"]
-INT_COLUMNS = ("factor",)
+INT_COLUMNS = ("factor", "tiles")
 
 
 def _schema_error(err):
@@ -132,3 +132,20 @@ def synthetic_dir(scene):
 def _sheet_error(scene, column, message):
     line = sheet.loc[scene, "line"]
     return WorkflowError(f"{SHEET_PATH}, line {line} (scene {scene!r}), column {column!r}: {message}")
+
+
+def preset_of(scene):
+    """The row's preset, else default_preset; `auto` is resolved by the train job, where the GPU is."""
+    return sheet.loc[scene, "preset"] or config["default_preset"]
+
+
+def tiles_of(scene):
+    """The row's spatial tiles (the `tiles` column), else config's train.tiles."""
+    value = sheet.loc[scene].get("tiles") if "tiles" in sheet.columns else None
+    return config["train"]["tiles"] if value is None or pd.isna(value) else int(value)
+
+
+def train_overrides(scene):
+    """train.overrides, with the row's tiles when K > 1 (K = 1 leaves the params, so nothing reruns)."""
+    tiles = tiles_of(scene)
+    return {**config["train"]["overrides"], **({"tiles": tiles} if tiles != 1 else {})}

@@ -75,16 +75,11 @@ def training_images(wildcards):
     return scene_layout(wildcards.scene).images(factor)
 
 
-def preset_of(scene):
-    """The row's preset, else default_preset; `auto` is resolved by the train job, where the GPU is."""
-    return sheet.loc[scene, "preset"] or config["default_preset"]
-
-
 def train_params(wildcards):
     return {
         "preset": preset_of(wildcards.scene),
         "factor": factor_of(wildcards.scene),
-        "overrides": config["train"]["overrides"],
+        "overrides": train_overrides(wildcards.scene),
     }
 
 

@@ -133,3 +133,20 @@ def test_preset_names_are_declared_once_and_the_schemas_follow():
     assert configs.PRESETS == ("mipnerf360", "tiny", "fast", "quality")
     assert configs.GPU_PRESETS == ("mipnerf360", "fast", "quality")
     assert configs.AUTO_GPU_PRESET in configs.GPU_PRESETS and not configs.needs_gpu(configs.AUTO_CPU_PRESET)
+
+
+def test_tiles_a_power_of_two_on_a_hash_grid_preset():
+    """Config.tiles (issue #26): K > 1 adapts a hash-grid preset to the tiled model (its speed-ups off), names
+    the supported presets otherwise, and a user's model override the tiled model lacks fails, named."""
+    assert configs.tiled_presets() == ("tiny", "fast", "quality")
+    assert configs.get_preset("fast").tiles == 1 and configs.get_preset("fast").model.prop_grad_fraction == 0.25
+    c = configs.get_preset("fast", tiles=4)
+    m = c.model
+    assert c.tiles == 4 and (m.opaque_background, m.skip_threshold, m.prop_grad_fraction) == (False, 0.0, 1.0)
+    assert m.hashgrid_options == configs.fast().model.hashgrid_options  # the field itself unchanged
+    for bad, why in (({"tiles": 3}, "power of two"), ({"tiles": 0}, "power of two"),
+                     ({"tiles": 2, "model.num_glo_features": 4}, "num_glo_features must be 0")):
+        with pytest.raises(ValueError, match=why):
+            configs.get_preset("tiny", **bad)
+    with pytest.raises(ValueError, match="field must be 'hashgrid'.*presets it supports: tiny, fast, quality"):
+        configs.get_preset("mipnerf360", tiles=2)

@@ -92,3 +92,16 @@ def test_a_changed_default_is_caught(monkeypatch):
     assert settings_lib.schema_property(changed) != {
         k: v for k, v in CONFIG_SCHEMA["localize"]["properties"]["iters"].items() if k != "description"
     } | {"description": setting.description}
+
+
+def test_tiles_setting_agrees():
+    """configs.Config.tiles (declared once) vs config.schema.yaml train.tiles, config.yaml and the sheet's column."""
+    (setting,) = settings_lib.declared(configs.Config, ["tiles"])
+    prop = CONFIG_SCHEMA["train"]["properties"]["tiles"]
+    got = {k: (" ".join(v.split()) if k == "description" else v) for k, v in prop.items()}
+    assert got == settings_lib.schema_property(setting), "config.schema.yaml train.tiles vs configs.Config.tiles"
+    assert CONFIG["train"]["tiles"] == setting.default == configs.Config().tiles == 1
+    column = SHEET_SCHEMA["tiles"]  # empty cell = config's train.tiles: no default of its own
+    assert (column["type"], column["minimum"]) == (prop["type"], prop["minimum"]) and "default" not in column
+    assert ", ".join(configs.tiled_presets()) in prop["description"] and ", ".join(configs.tiled_presets()) in \
+        column["description"], "the supported presets named in the schemas"

@@ -52,6 +52,11 @@ BAD_SHEETS = {
     "bad scene name": ([HEADER, GOOD_ROW.replace("demo", "my scene", 1)], ["column 'scene'", "my scene"]),
     "missing source": ([HEADER, "demo\t\tPINHOLE\t2\ttiny\texhaustive\t\t\t\t"], ["line 2", "'source'"]),
     "empty sheet": ([HEADER], ["no rows"]),
+    "tiles with an MLP preset": (
+        [HEADER + "\ttiles", "demo\tsynthetic\tPINHOLE\t2\tmipnerf360\texhaustive\t\t\t\t\t2"],
+        ["column 'tiles'", "field must be 'hashgrid'", "presets it supports: tiny, fast, quality"]),
+    "tiles with localization": (
+        [HEADER + "\ttiles", GOOD_ROW + "\t2"], ["column 'queries'", "tiled field (tiles 2)"]),
     "missing query folder": (
         [HEADER, GOOD_ROW.replace("\tsynthetic", "\t/nope/queries").replace("demo\t/nope/queries", "demo\tsynthetic")],
         ["column 'queries'", "/nope/queries", "does not exist"],
@@ -78,6 +83,7 @@ BAD_CONFIGS = {
     "too few views": ({"synthetic.views": 1}, ["views", "1"]),
     "bad fraction": ({"sfm.min_registered_fraction": 2.5}, ["min_registered_fraction", "2.5"]),
     "wrong type": ({"render.fps": "fast"}, ["fps", "fast"]),
+    "tiles not a power of two": ({"train.tiles": 6}, ["train.tiles", "power of two", "got 6"]),
 }
 
 

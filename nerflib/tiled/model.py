@@ -41,6 +41,7 @@ import numpy as np
 
 from nerflib import coord, models, render, stepfun, tiles
 from nerflib import math as nmath
+from nerflib.model_config import tiled_model_problems
 
 _EPS = float(np.finfo(np.float32).eps)
 _BIG = 1e8  # "infinity" for the outer faces when bounding the contracted image of a box
@@ -118,17 +119,7 @@ def whole_space_layout(contraction: str = "mipnerf360") -> TileLayout:
 
 
 def _check(cfg: models.ModelConfig) -> None:
-    bad = {
-        "field must be 'hashgrid'": cfg.field != "hashgrid",
-        "opaque_background must be False (only the last tile along a ray could close it)": cfg.opaque_background,
-        "background must be 'white' or 'black'": cfg.background == "random",
-        "skip_threshold must be 0": cfg.skip_threshold > 0,
-        "prop_grad_fraction must be 1": cfg.prop_grad_fraction != 1.0,
-        "num_glo_features must be 0": cfg.num_glo_features > 0,
-        "share_proposal_field must be True": not cfg.share_proposal_field,
-        "prop_sparsity_mult must be 0": cfg.prop_sparsity_mult > 0,
-    }
-    wrong = [what for what, b in bad.items() if b]
+    wrong = tiled_model_problems(cfg)
     if wrong:
         raise ValueError(f"the tiled model does not support this ModelConfig: {'; '.join(wrong)}")
 
