@@ -171,6 +171,32 @@ def _add_train(sub) -> None:
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
 
 
+def train_argv(scene_json, images, *, model_dir, preset, factor=None, overrides=None, allow_cpu=False) -> list[str]:
+    """`nerf train` arguments for a `steps.train` call (the inverse of train_call: tests check both ways).
+
+    How a launcher hands one train call to each of its tasks: command-line words are what every
+    launcher (srun, mpirun) passes unchanged to every task on every node. Each override goes as
+    `--set KEY=JSON`, which parses back to the same value.
+    """
+    argv = ["train", str(scene_json), str(images), str(model_dir), "--preset", str(preset)]
+    if factor is not None:
+        argv += ["--factor", str(int(factor))]
+    for key, value in dict(overrides or {}).items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    return argv + (["--allow-cpu"] if allow_cpu else [])
+
+
+def train_call(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `steps.train` for parsed `nerf train` arguments."""
+    return {"scene_json": args.scene, "images": args.images, "model_dir": args.model_dir, "preset": args.preset,
+            "factor": args.factor, "overrides": _overrides(args.overrides), "allow_cpu": args.allow_cpu}
+
+
+def command(argv: list[str], *, log: str | None = None) -> list[str]:
+    """The words that run `nerf [--log LOG] ARGV` with this Python (no console script needed)."""
+    return [sys.executable, "-m", "nerflib.cli", *(["--log", str(log)] if log else []), *argv]
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", aliases=["evaluate"],  # `evaluate`: the rule's name
                        help="PSNR/SSIM on the held-out views and side-by-side images (rule evaluate)")
@@ -287,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "pyramid":
             steps.pyramid(args.images, args.out_dir, factor=args.factor, threads=args.threads)
         elif args.step == "train":
-            steps.train(args.scene, args.images, model_dir=args.model_dir, preset=args.preset, factor=args.factor,
-                        overrides=_overrides(args.overrides), allow_cpu=args.allow_cpu)
+            steps.train(**train_call(args))
         elif args.step in ("eval", "evaluate"):
             steps.evaluate(args.scene, args.images, model_dir=args.model_dir, out_dir=args.out_dir)
         elif args.step == "render":

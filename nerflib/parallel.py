@@ -19,12 +19,19 @@ Multi-process start-up (`initialize_distributed`), in order of precedence:
      GPUs as `slurm_local_devices` says).
   4. otherwise a single process: nothing to do.
 Every process must then run the same program: same config, same dataset files.
+
+Starting those processes inside a batch job (`launch`): the launcher's words
+(`launcher_command`, for srun completed with the job's task layout), then the
+command; the job's SIGTERM is forwarded to the launcher (`run_forwarding_signals`).
+These use neither JAX nor Snakemake.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
+import subprocess
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -163,6 +170,38 @@ def launcher_command(launcher: str, resources: Mapping[str, Any]) -> list[str]:
     if per_gpu:
         words.append(f"--ntasks-per-gpu={per_gpu}")
     return words
+
+
+def run_forwarding_signals(command: Sequence[str], *, forward: Sequence[int] = (signal.SIGTERM,)) -> int:
+    """Run `command`, pass the `forward` signals that reach this process on to it, wait for it.
+
+    For a job's wrapper around a launcher: a SIGTERM for the job (time limit, preemption) goes
+    to the launcher, which passes it on to the tasks; they checkpoint and exit with 143. The
+    previous handlers are put back before returning (call it from the main thread). Returns
+    the exit status as a shell reports it: 128 + N when the command died of signal N.
+    """
+    child = subprocess.Popen(list(command))
+    previous = {signum: signal.signal(signum, lambda received, frame: child.send_signal(received))
+                for signum in forward}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status if status >= 0 else 128 - status
+
+
+def launch(launcher: str, resources: Mapping[str, Any], command: Sequence[str], *, log: str, what: str) -> int:
+    """Run `command` once per task through `launcher` (see launcher_command); its exit status.
+
+    The full command is written to `log` first (as `[what] starting ...`); the tasks write
+    their own output there. Signals are forwarded as run_forwarding_signals says.
+    """
+    full = [*launcher_command(launcher, resources), *command]
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    with open(log, "a") as out:
+        out.write(f"[{what}] starting one process per task: {shlex.join(full)}\n")
+    return run_forwarding_signals(full)
 
 
 def is_main_process() -> bool:

@@ -52,6 +52,24 @@ def test_train_without_factor_keeps_the_presets(tmp_path, monkeypatch):
         assert asked.pop() == expected
 
 
+def test_train_argv_parses_back_to_the_same_call():
+    """cli.train_argv (how a launcher hands a call to its tasks) is the inverse of the parser's train_call,
+    for every JSON value an override can take, and takes exactly steps.train's parameters."""
+    import inspect
+
+    from nerflib import steps
+
+    call = {"scene_json": "p/scene.json", "images": "p/images_4", "model_dir": "p/model", "preset": "tiny",
+            "factor": 4, "allow_cpu": True,
+            "overrides": {"max_steps": 40, "lr_init": 1e-3, "near": 0.0, "num_samples": [64, 32], "use_viewdirs": False,
+                          "note": "1e3", "spaced": "a b=c", "nested": {"x": None}}}
+    for case in (call, {**call, "factor": None, "overrides": None, "allow_cpu": False}):
+        argv = cli.train_argv(**case)
+        parsed = cli.train_call(cli.build_parser().parse_args(argv))
+        assert parsed == {**case, "overrides": case["overrides"] or {}}, argv
+    assert inspect.signature(cli.train_argv).parameters.keys() == inspect.signature(steps.train).parameters.keys()
+
+
 def test_localize_settings_reach_the_step(monkeypatch):
     """`nerf localize` passes every declared setting (defaults from the declaration) and --set options."""
     from nerflib import localize, steps
