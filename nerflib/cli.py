@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from nerflib import configs, localize, pyramid, scene_io, settings
+from nerflib import configs, localize, pyramid, scene_io, settings, synthetic
 from nerflib.layout import SceneLayout
 from nerflib.matching import MATCHERS
 from nerflib.sfm import MAPPERS
@@ -89,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_synthetic(sub) -> None:
     p = sub.add_parser("synthetic", help="write the procedural demo scene (photos + ground-truth poses)")
-    p.add_argument("out_dir")
-    p.add_argument("--views", type=int, default=60)
-    p.add_argument("--heldout", type=int, default=8)
-    p.add_argument("--queries", type=int, default=4)
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--seed", type=int, default=0)
+    synthetic.add_arguments(p)
 
 
 def _add_poses(sub) -> None:
@@ -293,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with log_to(args.log):
         if args.step == "synthetic":
-            steps.synthetic_scene(args.out_dir, views=args.views, heldout=args.heldout, queries=args.queries,
-                                  width=args.width, height=args.height, seed=args.seed)
+            steps.synthetic_scene(args.out_dir, **settings.values(args, settings.declared(synthetic.DemoSettings)))
         elif args.step == "poses":
             steps.poses(args.images, scene_dir=args.scene_dir, camera_model=args.camera_model, matcher=args.matcher,
                         poses=args.poses, poses_format=args.poses_format, single_camera=not args.per_image_cameras,

@@ -27,6 +27,7 @@ Entry points: `generate` (the whole demo data set), `render_view`, `project`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerflib import fileio, scene_io
+from nerflib import fileio, scene_io, settings
 from nerflib.raytrace import intersect, matmul_rows, rot_z, shade
 from nerflib.synthetic_scene import (
     AMBIENT,
@@ -362,15 +363,28 @@ def generate(out_dir, *, n_views: int = 60, n_heldout: int = 8, n_queries: int =
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """The demo scene's settings: the config's `synthetic:` (its schema must agree), `nerf synthetic`'s
+    and `python -m nerflib.synthetic`'s options (add_arguments)."""
+
+    views: int = settings.setting(60, "Number of orbit photos (what SfM and training see).", minimum=3)
+    heldout: int = settings.setting(8, "Extra held-out views with ground-truth poses.", minimum=0)
+    queries: int = settings.setting(4, "Query photos for localization.", minimum=0)
+    width: int = settings.setting(320, "Image width in pixels.", minimum=16)
+    height: int = settings.setting(240, "Image height in pixels.", minimum=16)
+    seed: int = settings.setting(0, "Seed of the procedural textures and layout.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """OUT_DIR and one option per DemoSettings field."""
+    parser.add_argument("out_dir")
+    settings.add_arguments(parser, settings.declared(DemoSettings))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nerflib.synthetic", description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--views", type=int, default=60, help="orbit (training/SfM) views")
-    ap.add_argument("--heldout", type=int, default=8, help="held-out novel views")
-    ap.add_argument("--queries", type=int, default=4, help="views for camera localization")
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--height", type=int, default=240)
-    ap.add_argument("--seed", type=int, default=0)
+    add_arguments(ap)
     ap.add_argument("--supersample", type=int, default=2, help="rays per pixel along each axis")
     ap.add_argument("--jpeg-quality", type=int, default=95)
     a = ap.parse_args(argv)

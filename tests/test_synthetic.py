@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nerflib import scene_io, synthetic
+from nerflib import scene_io, settings, synthetic
 
 SMALL = dict(n_views=6, n_heldout=2, n_queries=2, width=80, height=60, seed=3, supersample=2)
 
@@ -291,6 +291,30 @@ def test_command_line(tmp_path, capsys):
                     "--width", "32", "--height", "24", "--seed", "3"])
     assert sorted(p.name for p in (tmp_path / "cli" / "images").iterdir()) == ["000.jpg"]
     assert scene_io.read_scene_json(tmp_path / "cli" / "gt" / "scene.json").names == ["000.jpg"]
+
+
+@pytest.mark.parametrize("setting", settings.declared(synthetic.DemoSettings), ids=lambda s: s.name)
+def test_demo_settings_agree_with_the_schema_the_config_and_the_commands(setting):
+    """Declared once (synthetic.DemoSettings): config.schema.yaml's `synthetic`, config.yaml, the options
+    of `nerf synthetic` (and `python -m nerflib.synthetic`), and steps.synthetic_scene's defaults agree."""
+    import argparse
+    import inspect
+
+    import yaml
+
+    from nerflib import cli, steps
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "config/schemas/config.schema.yaml").read_text())["properties"]["synthetic"]
+    assert list(schema["properties"]) == [s.name for s in settings.declared(synthetic.DemoSettings)]
+    prop = {k: (" ".join(v.split()) if k == "description" else v) for k, v in schema["properties"][setting.name].items()}
+    assert prop == settings.schema_property(setting), f"config.schema.yaml synthetic.{setting.name}"
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    assert config["synthetic"].get(setting.name, setting.default) == setting.default
+    assert inspect.signature(steps.synthetic_scene).parameters[setting.name].default == setting.default
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    [option] = [a for a in sub.choices["synthetic"]._actions if a.dest == setting.name]  # main's: the same function
+    assert (option.default, option.type) == (setting.default, setting.type)
 
 
 # --------------------------------------------------------------------------- the adversarial capture (synthetic_hard)
