@@ -83,12 +83,14 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
-    def restore(self, mesh: Mesh, *, template: Any = None, step: int | None = None) -> Any:
-        """Checkpoint `step` (default: the latest) replicated over `mesh`.
+    def restore(self, mesh: Mesh, *, template: Any = None, step: int | None = None, shardings: Any = None) -> Any:
+        """Checkpoint `step` (default: the latest) replicated over `mesh`, or with `shardings`.
 
         template: a pytree with the saved structure (e.g. a freshly initialised
         TrainState, or its `jax.eval_shape`); None restores the saved tree as
         nested dicts (enough to get the parameters without rebuilding the optimizer).
+        shardings: a pytree of shardings like `template` (e.g. a tiled model's P('tile'): each
+        device reads only its shards); None = replicated over `mesh`.
         """
         self.wait()
         if step is None:
@@ -99,13 +101,15 @@ class Checkpointer:
         if template is None:
             meta = self._manager.item_metadata(step)
             template = getattr(meta, "tree", meta)
+        if shardings is None:
+            shardings = jax.tree_util.tree_map(lambda _: sharding, template)
         abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=sharding), template
+            lambda x, s: jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=s), template, shardings
         )
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-    def restore_latest_good(self, mesh: Mesh, *, template: Any = None, log=print,
-                            move_aside: bool = False) -> tuple[Any, int | None]:
+    def restore_latest_good(self, mesh: Mesh, *, template: Any = None, log=print, move_aside: bool = False,
+                            shardings: Any = None) -> tuple[Any, int | None]:
         """(state, step) of the newest checkpoint that restores; (None, None) if there is none.
 
         A checkpoint that fails to restore (an empty or damaged folder: a disk that filled up, a copy
@@ -115,7 +119,7 @@ class Checkpointer:
         """
         for step in sorted(self.all_steps(), reverse=True):
             try:
-                return self.restore(mesh, template=template, step=step), step
+                return self.restore(mesh, template=template, step=step, shardings=shardings), step
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged data
                 bad = self.directory.parent / CORRUPT_DIR / str(step)
                 log(f"WARNING: checkpoint {self.directory / str(step)} cannot be restored ({type(e).__name__}: "

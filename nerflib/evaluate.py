@@ -55,6 +55,18 @@ def _render_fn(model, mesh, zero_glo: bool) -> Callable:
     return jax.jit(render, in_shardings=(rep, data), out_shardings=rep)
 
 
+def field_of(cfg: configs.Config, params, mesh, *, num_images: int = 1):
+    """(model, render_fn) of trained `params`: the untiled model (models.make_model, make_render_fn), or
+    for cfg.tiles > 1 the tiled one, whose layout travels in its params (nerflib.tiled.pipeline)."""
+    if cfg.tiles > 1:
+        from nerflib.tiled import pipeline
+
+        model = pipeline.model_of(cfg, params)
+        return model, pipeline.make_render_fn(model, mesh)
+    model = models.make_model(cfg.model, num_images=num_images_of(params, num_images))
+    return model, make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
+
+
 def chunk_size_for(chunk_size: int, num_devices: int) -> int:
     """`chunk_size` rounded up to a multiple of `num_devices`."""
     if chunk_size < 1:
@@ -122,8 +134,7 @@ def evaluate(cfg: configs.Config, dataset: datasets.Dataset, params, out_dir: st
     if len(dataset) == 0:
         raise ValueError("no held-out views to evaluate (test_every = 0, or too few images)")
     mesh = parallel.make_mesh() if mesh is None else mesh
-    model = models.make_model(cfg.model, num_images=num_images_of(params, dataset.num_train_images))
-    fn = make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
+    model, fn = field_of(cfg, params, mesh, num_images=dataset.num_train_images)
     start = time.perf_counter()
     rows = []
     for name, rays, gt in dataset.iterate_views():

@@ -297,6 +297,10 @@ def render_depth_views(model_dir, scene_json, *, images=None, options: PointClou
     from nerflib import cameras as cam_lib
     from nerflib import checkpoint, evaluate, models, parallel, video
 
+    tiles = checkpoint.load_config(model_dir).tiles
+    if tiles > 1:
+        raise ValueError(f"{model_dir} holds a tiled field (tiles {tiles}); the point cloud of a tiled field is not "
+                         "supported yet (docs/tiles.md): export transforms or colmap, or train with tiles 1")
     mesh = parallel.make_mesh() if mesh is None else mesh
     cfg, params, step = checkpoint.restore_params(model_dir, mesh)
     frame = video.training_frame(cfg, scene_json, images=images)

@@ -145,6 +145,51 @@ def _check_resume_config(out_dir: Path, cfg: configs.Config, log) -> None:
         log(f"resuming with changed training settings: {', '.join(changed)}")
 
 
+class Trainer:
+    """What the loop asks of a model: init(key) -> TrainState, step_fn(batcher) -> the jitted step,
+    shardings(state) (None: replicated) for restoring checkpoints, render_fn() for held-out views.
+    This is the untiled model's; nerflib.tiled.pipeline.TiledTrainer is the tiled one (Config.tiles > 1)."""
+
+    description = ""
+
+    def __init__(self, cfg, dataset, mesh, *, log=None):
+        self.cfg, self.dataset, self.mesh = cfg, dataset, mesh
+        self.model = make_model(cfg, dataset.num_train_images)
+
+    def init(self, key):
+        return init_state(self.cfg, self.dataset, key, self.mesh, model=self.model)
+
+    def shardings(self, state=None):
+        return None
+
+    def step_fn(self, batcher):
+        return make_train_step(self.cfg, self.model, self.mesh, batcher=batcher)
+
+    def render_fn(self):
+        return eval_lib.make_render_fn(self.model, self.mesh, zero_glo=self.cfg.model.num_glo_features > 0)
+
+
+def make_trainer(cfg, dataset, mesh, *, log=None):
+    """The trainer of cfg's model: the tiled one for cfg.tiles > 1 (mesh: a `data x tile` mesh)."""
+    if cfg.tiles > 1:
+        from nerflib.tiled.pipeline import TiledTrainer
+
+        return TiledTrainer(cfg, dataset, mesh, log=log)
+    return Trainer(cfg, dataset, mesh, log=log)
+
+
+def training_mesh(cfg, mesh=None):
+    """`mesh`, else all devices: a 1-D 'data' mesh, or for cfg.tiles > 1 the `data x tile` mesh
+    (nerflib.tiled.pipeline.tile_mesh) over the devices of `mesh` (default all)."""
+    if cfg.tiles > 1:
+        from nerflib.tiled.pipeline import tile_mesh
+
+        if mesh is not None and "tile" in mesh.axis_names:
+            return mesh
+        return tile_mesh(cfg.tiles, None if mesh is None else list(mesh.devices.flat))
+    return parallel.make_mesh() if mesh is None else mesh
+
+
 class _Run:
     """One training run's host loop: dispatch steps, read stats one step late, checkpoint, recover, stop."""
 
@@ -178,17 +223,21 @@ class _Run:
             fp_lib.write(out_dir, fingerprint)
         self.fingerprint = fingerprint
 
-        self.model = make_model(cfg, dataset.num_train_images)
+        self.trainer = make_trainer(cfg, dataset, mesh, log=self.log)
+        self.model = self.trainer.model
         self.mode = datasets.choose_mode(dataset, setting=cfg.image_sharding, threshold_mb=cfg.shard_threshold_mb)
+        if cfg.tiles > 1:
+            self.mode = "replicate"  # image sharding splits over every device; the tiled mesh has two axes
         self.batcher = datasets.RayBatcher(dataset, batch_size=cfg.batch_size, mesh=mesh, mode=self.mode)
         init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
-        self.state = init_state(cfg, dataset, init_key, mesh, model=self.model)
+        self.state = self.trainer.init(init_key)
         self.train_key = parallel.replicate(np.asarray(jax.device_get(train_key)), mesh)
         self.ckpt = checkpoint.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints)
         latest = None
         if resume:
             restored, latest = self.ckpt.restore_latest_good(mesh, template=self.state, log=self.log,
-                                                               move_aside=True)
+                                                               move_aside=True,
+                                                               shardings=self.trainer.shardings(self.state))
         if latest is not None:
             self.state = restored
             self.log(f"resumed from checkpoint step {latest} in {ckpt_dir}")
@@ -203,7 +252,7 @@ class _Run:
         self.last_handled = self.start
         self.last: dict = {}
         self.compile_s = None
-        self.train_step = make_train_step(cfg, self.model, mesh, batcher=self.batcher)
+        self.train_step = self.trainer.step_fn(self.batcher)
         self.eval_dataset = eval_dataset if (eval_dataset is not None and cfg.eval_every > 0 and len(eval_dataset)) else None
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.state.params))
         self.log(
@@ -211,7 +260,7 @@ class _Run:
             f"({dataset.num_pixels:,} pixels), {mesh.devices.size} device(s) in {jax.process_count()} "
             f"process(es), batch {cfg.batch_size} ({self.mode} images, "
             f"{self.batcher.device_bytes / 2**20:.1f} MiB per device), steps {self.start} -> {self.end} of "
-            f"{cfg.max_steps}"
+            f"{cfg.max_steps}" + (f"; {self.trainer.description}" if self.trainer.description else "")
         )
         self.report = train_report.Reporter(cfg, out_dir, start=self.start, end=self.end, resume=resume, log=self.log,
                                 progress=progress, tb=tb)
@@ -266,7 +315,8 @@ class _Run:
         for s in saved:
             if s > good:
                 self.ckpt.delete(s)  # written during the streak: the run continues from `good` instead
-        self.state = self.ckpt.restore(self.mesh, template=self.state, step=good)
+        self.state = self.ckpt.restore(self.mesh, template=self.state, step=good,
+                                       shardings=self.trainer.shardings(self.state))
         self.lr_mult *= 0.5
         self.state = self.state.replace(lr_mult=parallel.replicate(np.float32(self.lr_mult), self.mesh))
         self.log(f"{self.nan_run} non-finite steps in a row: restored checkpoint {good} "
@@ -288,9 +338,8 @@ class _Run:
         if self.eval_dataset is None or self.step % self.cfg.eval_every:
             return
         name, rays, rgb = next(self.eval_dataset.iterate_views())
-        fn = eval_lib.make_render_fn(self.model, self.mesh, zero_glo=self.cfg.model.num_glo_features > 0)
         out = eval_lib.render_image(self.model, self.state.params, rays, chunk_size=self.cfg.render_chunk_size,
-                                    mesh=self.mesh, render_fn=fn)
+                                    mesh=self.mesh, render_fn=self.trainer.render_fn())
         value = float(eval_lib.metrics.psnr(out["rgb"], rgb))
         self.log(f"step {self.step}: held-out view {name} psnr {value:.2f}")
         self.report.scalar("eval/psnr", value, self.step)
@@ -356,6 +405,7 @@ class _Run:
             "first_step_s": self.compile_s,
             "seconds": time.perf_counter() - self.report.t0,
             "devices": int(self.mesh.devices.size),
+            **({"tiles": int(self.cfg.tiles), "mesh": dict(self.mesh.shape)} if self.cfg.tiles > 1 else {}),
             "processes": int(jax.process_count()),
             "image_sharding": self.mode,
             **({"fingerprint": fp_lib.digest(self.fingerprint)} if self.fingerprint is not None else {}),
@@ -385,14 +435,15 @@ def train(
     stop_after: stop (with a checkpoint) once this step is reached, as if killed.
     eval_dataset: held-out views; with cfg.eval_every > 0 the PSNR of its first
       view is logged every eval_every steps.
-    mesh: default parallel.make_mesh() (all devices of all processes).
+    mesh: default parallel.make_mesh() (all devices of all processes); with cfg.tiles > 1 the
+      `data x tile` mesh over its devices (training_mesh).
     fingerprint: what this run trains from (nerflib.fingerprint.of_training); with it, checkpoints
       of another fingerprint are moved to out_dir/checkpoints.old/ and training starts over,
       and the fingerprint is written to out_dir/fingerprint.json.
     Raises Preempted (exit status 143) after SIGTERM/SIGUSR1, with a checkpoint saved.
     """
     enable_compilation_cache()
-    mesh = parallel.make_mesh() if mesh is None else mesh
+    mesh = training_mesh(cfg, mesh)
     parallel.check_batch_size(cfg.batch_size, mesh.devices.size)
     run = _Run(cfg, dataset, Path(out_dir), resume=resume, log=log, progress=progress, tb=tb,
                stop_after=stop_after, eval_dataset=eval_dataset, mesh=mesh, fingerprint=fingerprint)

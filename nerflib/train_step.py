@@ -138,6 +138,40 @@ def scalar_stats(stats: dict) -> dict:
     return out
 
 
+def guarded_update(cfg: configs.Config, tx: optax.GradientTransformation, state: TrainState, params, grads, loss,
+                   stats: dict) -> tuple[TrainState, dict]:
+    """The update of one step, shared by the untiled and the tiled step: (state, scalar stats).
+
+    params: the trained parameters (state.params, or the part the optimizer holds); the new state's
+    params are the updated `params`. A step whose loss or gradients are not finite leaves params and
+    optimizer state unchanged (stats['nonfinite'] = 1). The learning rate is lr_at(step) * lr_mult.
+    """
+    # One sum of squares over all gradients (needed for the stats anyway)
+    # is non-finite iff some gradient is (or overflows float32 when
+    # squared, a blow-up all the same); cheaper than an isfinite pass per leaf.
+    grad_norm = tree_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # Non-finite gradients would poison Adam's moments even if the update
+    # were dropped: feed zeros instead and throw the whole update away.
+    safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt = tx.update(safe_grads, state.opt_state, params)
+    lr = lr_at(cfg, state.step) * state.lr_mult
+    new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        params=jax.tree_util.tree_map(keep, new_params, params),
+        opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
+        num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
+    )
+    out = scalar_stats(stats)
+    out["loss"] = loss
+    out["lr"] = lr
+    out["grad_norm"] = grad_norm
+    out["nonfinite"] = (~finite).astype(jnp.float32)
+    return new_state, out
+
+
 def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBatcher | None = None,
                     tx: optax.GradientTransformation | None = None) -> Callable:
     """The jitted `train_step(state, batch, key) -> (state, stats)`.
@@ -174,31 +208,9 @@ def make_train_step(cfg: configs.Config, model, mesh, *, batcher: datasets.RayBa
             return loss, stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        # One sum of squares over all gradients (needed for the stats anyway)
-        # is non-finite iff some gradient is (or overflows float32 when
-        # squared, a blow-up all the same); cheaper than an isfinite pass per leaf.
-        grad_norm = tree_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # Non-finite gradients would poison Adam's moments even if the update
-        # were dropped: feed zeros instead and throw the whole update away.
-        safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
-        updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
-        lr = lr_at(cfg, state.step) * state.lr_mult
-        new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=jax.tree_util.tree_map(keep, new_params, state.params),
-            opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
-            num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
-        )
-        out = scalar_stats(stats)
-        out["loss"] = loss
+        new_state, out = guarded_update(cfg, tx, state, state.params, grads, loss, stats)
         if "psnr" not in out:
             out["psnr"] = nmath.psnr_from_mse(out["mse"]) if "mse" in out else jnp.float32(jnp.nan)
-        out["lr"] = lr
-        out["grad_norm"] = grad_norm
-        out["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, out
 
     return jax.jit(

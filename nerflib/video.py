@@ -48,7 +48,7 @@ import numpy as np
 
 from nerflib import camera_path as camera_path_lib
 from nerflib import cameras as cam_lib
-from nerflib import checkpoint, configs, datasets, evaluate, fileio, models, parallel, paths, scene_io
+from nerflib import checkpoint, configs, datasets, evaluate, fileio, parallel, paths, scene_io
 from nerflib.logs import progress_bar
 from nerflib.types import Camera
 
@@ -436,8 +436,7 @@ def _render_frames(cfg, params, frame, c2w, cameras, todo, out_dir: Path, *, nea
                    main: bool, log, progress: bool) -> None:
     """Render the frames marked in `todo` into out_dir/frames/ (process 0 writes; every process renders)."""
     n_frames = len(c2w)
-    model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, frame.dataset.num_train_images))
-    fn = evaluate.make_render_fn(model, mesh, zero_glo=cfg.model.num_glo_features > 0)
+    model, fn = evaluate.field_of(cfg, params, mesh, num_images=frame.dataset.num_train_images)
     total = int(todo.sum())
     bar = progress_bar(total, desc="render", unit="frame", enabled=progress and main)
     every = max(1, total // 10)

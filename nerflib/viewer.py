@@ -120,13 +120,11 @@ class Viewer:
     # ------------------------------------------------------------------ model
 
     def _load_model(self) -> None:
-        from nerflib import checkpoint, evaluate, models
+        from nerflib import checkpoint, evaluate
 
         cfg, params, step = checkpoint.restore_params(self.model_dir, self.mesh)
-        num_images = evaluate.num_images_of(params, 1)
         self.cfg, self.params, self.step = cfg, params, int(step)
-        self.model = models.make_model(cfg.model, num_images=num_images)
-        self.render_fn = evaluate.make_render_fn(self.model, self.mesh, zero_glo=cfg.model.num_glo_features > 0)
+        self.model, self.render_fn = evaluate.field_of(cfg, params, self.mesh)
         self.log(f"viewer: model step {self.step} from {self.model_dir}")
 
     def reload_if_newer(self) -> bool:

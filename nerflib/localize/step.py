@@ -269,6 +269,10 @@ class _Field:
 def _load_field(model_dir, scene_json) -> _Field:
     from nerflib import checkpoint, evaluate, models
 
+    tiles = checkpoint.load_config(model_dir).tiles
+    if tiles > 1:
+        raise ValueError(f"{model_dir} holds a tiled field (tiles {tiles}); localization against tiled fields is "
+                         "not supported yet (docs/tiles.md): train the scene with tiles 1 to localize against it")
     mesh = parallel.make_mesh()
     cfg, params, ckpt_step = checkpoint.restore_params(model_dir, mesh)
     scene = scene_io.read_scene_json(scene_json)
