@@ -15,6 +15,10 @@ what each one means and what to do when it warns.
   path_continuity(names, c2w)    for ordered captures: rotation angle and centre
                                  distance between neighbours against their median;
                                  jumps flagged by name, the path split into arcs
+  pose_checks_pairs.pair_consistency(rec, database)
+                                 the model's relative rotations against those of
+                                 each photo's strongest verified pairs; photos
+                                 their pairs contradict, by name
   diagnose(...)                  all of the above as one JSON-able dict plus
                                  `warnings` (strings naming the photos, with advice)
   compare_poses(est, gt)         similarity-aligned errors of one pose set against
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerflib import rigid
+from nerflib import pose_checks_pairs, rigid
 
 # A neighbour step is a jump when its rotation exceeds JUMP_FACTOR times the
 # median step and JUMP_MIN_DEG, or its centre distance exceeds JUMP_FACTOR
@@ -306,12 +310,14 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
     """Diagnostics of a reconstruction `rec` (pycolmap) of the photos `names` (any order; the path
     check follows `capture_order`).
 
-    database: the COLMAP database (for the view graph), or None.
+    database: the COLMAP database (for the view graph and the pair check), or None.
     ordered: True/False: whether the names follow the capture order; None:
     decide from the matches (view_graph's `ordered`), False without a database.
     Returns a JSON-able dict: images (observations, track_length), view_graph
-    (verified_pairs, components, isolated, degree, ordered), continuity (for
-    ordered captures), weak, warnings [str] (empty when nothing looks wrong).
+    (verified_pairs, components, isolated, degree, ordered), pairs
+    (pose_checks_pairs.pair_consistency: photos whose verified pairs contradict
+    the model), continuity (for ordered captures), weak, flagged, warnings [str]
+    (empty when nothing looks wrong).
     """
     out: dict = {}
     warnings: list[str] = []
@@ -329,6 +335,16 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
             warnings.append(
                 f"the view graph falls into {len(sizes)} unconnected groups of photos (sizes {sizes}); "
                 f"photos outside the largest: {_short(sorted(n for c in graph['components'][1:] for n in c))}"
+            )
+    contradicted = []
+    if database is not None:
+        out["pairs"] = pose_checks_pairs.pair_consistency(rec, database)
+        contradicted = out["pairs"]["contradicted"]
+        if contradicted:
+            warnings.append(
+                f"{len(contradicted)} photo(s) posed against their own matches: the model turns them more than "
+                f"{pose_checks_pairs.PAIR_MAX_ROT_DEG:g} deg away from the relative rotation of most of their "
+                f"strongest verified pairs: {_short(contradicted)}"
             )
     ordered = bool(ordered)
     out["ordered"] = ordered
@@ -366,7 +382,7 @@ def diagnose(rec, names: list[str], *, database=None, ordered: bool | None = Non
                 f"may be placed wrongly (e.g. on the wrong side of a symmetric object): {_short(cont['suspect'])}"
             )
     suspect = out.get("continuity", {}).get("suspect", [])
-    out["flagged"] = capture_order(set(weak) | set(suspect) | set(uncalibrated))
+    out["flagged"] = capture_order(set(weak) | set(suspect) | set(uncalibrated) | set(contradicted))
     out["warnings"] = warnings
     return out
 
@@ -423,6 +439,10 @@ def summary_line(diag: dict) -> str:
     graph = diag.get("view_graph")
     if graph:
         parts.append(f"{graph['verified_pairs']} verified pairs, {len(graph['components'])} component(s)")
+    pairs = diag.get("pairs")
+    if pairs and pairs["pairs_checked"]:
+        parts.append(f"{pairs['pairs_checked']} strongest pairs checked against the model: median "
+                     f"{pairs['median_pair_deg']:.2f} deg off, {len(pairs['contradicted'])} photo(s) contradicted")
     cont = diag.get("continuity")
     if cont and "median_rot_deg" in cont:
         parts.append(f"ordered path: typical step {cont['median_rot_deg']:.2f} deg, {len(cont['jumps'])} jump(s)")

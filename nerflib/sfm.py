@@ -43,10 +43,11 @@ from nerflib.matching import VOCAB_TREE_NUM_IMAGES
 
 MAPPERS = ("incremental", "global", "auto")
 # mapper="auto" runs global mapping first and falls back to incremental mapping
-# (on the same matches) when the global model's path jumps, a camera's
-# intrinsics are implausible, or more than AUTO_MAX_PROBLEM_FRACTION of the
-# photos (at least one) are unregistered or weak (pose_checks.diagnose);
-# `auto_fallback_reason`. Then the model with fewer such photos is kept.
+# (on the same matches) when the global model's path jumps, its poses
+# contradict the verified pairs, a camera's intrinsics are implausible, or
+# more than AUTO_MAX_PROBLEM_FRACTION of the photos (at least one) are
+# unregistered or weak (pose_checks.diagnose); `auto_fallback_reason`. Then the
+# model with fewer such photos is kept.
 AUTO_MAX_PROBLEM_FRACTION = 0.01
 
 
@@ -143,12 +144,19 @@ def auto_fallback_reason(total: int, registered: int, diag: dict | None) -> str 
 
     total: photos; registered: registered in the kept model; diag: its
     pose_checks.diagnose dict (None: no model). Reasons, the first that holds:
-    no model; path jumps (suspect frames of an ordered capture); implausible
-    intrinsics; more than AUTO_MAX_PROBLEM_FRACTION of the photos unregistered
-    or weak. A split view graph is no reason: both mappers see the same matches.
+    no model; photos whose strongest verified pairs contradict their poses
+    (pose_checks_pairs: names the photo itself, where a path jump may leave the
+    wrong side of it suspect); path jumps (suspect frames of an ordered
+    capture); implausible intrinsics; more than AUTO_MAX_PROBLEM_FRACTION of the photos
+    unregistered or weak. A split view graph is no reason: both mappers see
+    the same matches.
     """
     if diag is None or registered == 0:
         return "found no model"
+    contradicted = diag.get("pairs", {}).get("contradicted", [])
+    if contradicted:
+        return (f"gave {len(contradicted)} photo(s) poses that their own verified pairs contradict "
+                f"({_names_short(contradicted)})")
     suspect = diag.get("continuity", {}).get("suspect", [])
     if suspect:
         jumps = len(diag["continuity"]["jumps"])

@@ -198,6 +198,9 @@ def test_auto_fallback_reason():
     assert sfm.auto_fallback_reason(40, 0, None) == "found no model"
     jumped = {**clean, "continuity": {"jumps": [{}], "suspect": ["007.jpg", "008.jpg"]}, "flagged": ["007.jpg"]}
     assert "1 jump(s), 2 frame(s) suspect (007.jpg, 008.jpg)" in sfm.auto_fallback_reason(40, 40, jumped)
+    turned = {**jumped, "pairs": {"contradicted": ["004.jpg"]}, "flagged": ["004.jpg", "007.jpg"]}
+    assert "1 photo(s) poses that their own verified pairs contradict (004.jpg)" in sfm.auto_fallback_reason(
+        40, 40, turned)  # named before the path's suspects: it names the photo itself
     bad_camera = {**clean, "cameras": [{"problem": "fx / fy = 1.4"}]}
     assert "implausible intrinsics (fx / fy = 1.4)" in sfm.auto_fallback_reason(40, 40, bad_camera)
     weak = {**clean, "weak": ["a", "b"], "flagged": ["a", "b"]}
@@ -545,32 +548,79 @@ def _arc(synthetic_scene, folder, n=12):
     return folder
 
 
-def test_auto_mapper_keeps_a_clean_global_model(synthetic_scene, tmp_path):
-    """mapper='auto' on an arc of the demo orbit: global mapping registers every view, clean diagnostics, no fallback."""
+def _turn_view(rec, name, deg):
+    """Pan the camera of photo `name` in pycolmap.Reconstruction `rec` by `deg` degrees about its own vertical
+    axis, keeping its centre: a pose its matches contradict, the kind of error a mapper can make silently."""
+    import pycolmap
+
+    image = next(rec.images[i] for i in rec.reg_image_ids() if rec.images[i].name == name)
+    pose = image.cam_from_world()
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    rot = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]) @ pose.rotation.matrix()
+    centre = -pose.rotation.matrix().T @ np.asarray(pose.translation)
+    rec.frames[image.frame_id].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(rot), -rot @ centre)
+
+
+@pytest.fixture(scope="module")
+def arc_auto(synthetic_scene, tmp_path_factory):
+    """mapper='auto' on a 12-view arc of the demo orbit (one thread): the run's folder, summary and log."""
+    root = tmp_path_factory.mktemp("arc_auto")
     logs = []
-    images = _arc(synthetic_scene, tmp_path / "images")
-    summary = sfm.run_sfm(images, tmp_path / "scene", threads=1, max_num_features=1024, mapper="auto",
-                          log=logs.append)
+    images = _arc(synthetic_scene, root / "images")
+    summary = sfm.run_sfm(images, root / "scene", threads=1, max_num_features=1024, mapper="auto", log=logs.append)
+    return {"images": images, "out": root / "scene", "summary": summary, "logs": logs}
+
+
+def test_auto_mapper_keeps_a_clean_global_model(arc_auto):
+    """mapper='auto' on an arc of the demo orbit: global mapping registers every view, clean diagnostics, no fallback."""
+    summary, logs = arc_auto["summary"], arc_auto["logs"]
     assert summary["mapper"] == "global" and summary["mapper_requested"] == "auto"
     assert summary["mapper_reason"].startswith("auto: global mapping registered the photos")
     assert [a["mapper"] for a in summary["mapper_attempts"]] == ["global"]
     assert summary["mapper_attempts"][0]["problems"] == 0 and summary["registered"] == summary["total"] == 12
     assert not any("trying incremental" in line for line in logs)
+    pairs = summary["diagnostics"]["pairs"]
+    assert pairs["contradicted"] == [] and pairs["pairs_checked"] >= 12 and pairs["median_pair_deg"] < 1.0
+
+
+def test_pair_check_names_a_view_turned_against_its_matches(arc_auto):
+    """pose_checks_pairs: a view panned by 8 or 112 degrees (centre kept) is named by the pair check; the correct
+    model passes. A pan moves the view's points along their epipolar lines (epipolar distances miss it), and
+    8 degrees is within the path check's tolerance on this 9-degree-step orbit: only the pairs' rotations show it."""
+    import pycolmap
+
+    from nerflib import pose_checks, pose_checks_pairs
+
+    database, names = arc_auto["out"] / "database.db", sorted(os.listdir(arc_auto["images"]))
+    clean = pose_checks_pairs.pair_consistency(pycolmap.Reconstruction(arc_auto["out"] / "sparse" / "0"), database)
+    assert clean["contradicted"] == [] and min(clean["support"].values()) >= 0.9
+    for deg in (8.0, 112.0):
+        rec = pycolmap.Reconstruction(arc_auto["out"] / "sparse" / "0")
+        _turn_view(rec, "005.jpg", deg)
+        check = pose_checks_pairs.pair_consistency(rec, database)
+        assert check["contradicted"] == ["005.jpg"], (deg, check["support"])
+        diag = pose_checks.diagnose(rec, names, database=database)
+        assert "005.jpg" in diag["flagged"] and any("005.jpg" in w and "verified pairs" in w for w in diag["warnings"])
+        reason = sfm.auto_fallback_reason(12, 12, diag)
+        assert reason is not None and "005.jpg" in reason
 
 
 def test_auto_mapper_falls_back_to_incremental(synthetic_scene, tmp_path, monkeypatch):
-    """When global mapping leaves photos out, 'auto' maps the same matches incrementally, logs why, keeps the better."""
+    """When global mapping poses a photo against its matches and leaves photos out, 'auto' maps the same matches
+    incrementally, logs why (naming the photo), keeps the better model."""
     real = sfm.map_database
 
-    def global_loses_three(database, image_dir, models_dir, *, mapper, threads, seed):
+    def global_goes_wrong(database, image_dir, models_dir, *, mapper, threads, seed):
         models = real(database, image_dir, models_dir, mapper=mapper, threads=threads, seed=seed)
-        if mapper == "global":  # as if global mapping had failed to register three photos
+        if mapper == "global":  # as if global mapping had turned one photo (within the path check's tolerance)
+            # and failed to register three
             rec = max(models.values(), key=lambda r: r.num_reg_images())
             for image_id in sorted(rec.reg_image_ids())[-3:]:
                 rec.deregister_frame(rec.images[image_id].frame_id)
+            _turn_view(rec, "004.jpg", 8.0)
         return models
 
-    monkeypatch.setattr(sfm, "map_database", global_loses_three)
+    monkeypatch.setattr(sfm, "map_database", global_goes_wrong)
     logs = []
     images = _arc(synthetic_scene, tmp_path / "images")
     summary = sfm.run_sfm(images, tmp_path / "scene", threads=THREADS, max_num_features=1024, mapper="auto",
@@ -578,11 +628,13 @@ def test_auto_mapper_falls_back_to_incremental(synthetic_scene, tmp_path, monkey
     print("\n".join(line for line in logs if "mapper" in line or "mapping" in line))
     attempts = {a["mapper"]: a for a in summary["mapper_attempts"]}
     assert list(attempts) == ["global", "incremental"]
-    assert attempts["global"]["registered"] == 9 and attempts["global"]["problems"] >= 3
+    assert attempts["global"]["registered"] == 9 and attempts["global"]["problems"] >= 4
     assert summary["mapper"] == "incremental" and summary["registered"] == summary["total"] == 12
-    assert "3 of 12 photos unregistered" in summary["mapper_reason"] and "incremental kept" in summary["mapper_reason"]
-    assert any("mapper auto: global mapping left 3 of 12 photos unregistered" in line and "trying incremental" in line
-               for line in logs)
+    assert "verified pairs contradict (004.jpg)" in summary["mapper_reason"]
+    assert "incremental kept" in summary["mapper_reason"]
+    assert any("mapper auto: global mapping gave 1 photo(s) poses that their own verified pairs contradict (004.jpg)"
+               in line and "trying incremental" in line for line in logs)
+    assert summary["diagnostics"]["pairs"]["contradicted"] == []  # the kept (incremental) model's
     gt = scene_io.read_scene_json(synthetic_scene / "gt" / "scene.json")
     err, _, _ = _pose_errors(tmp_path / "scene" / "sparse" / "0", images, gt)
     assert float(np.median(err["rotation_deg"])) < 0.5
