@@ -1,0 +1,92 @@
+"""The tiled field through the pipeline's steps (Config.tiles, issue #26): train -> evaluate on CPU.
+
+One process with 2 host devices (this file is its script, run by helpers.tiled.run_script): a
+small demo scene (16 orbit views, 32 x 24, every 4th held out) trained with tiles 2 through nerflib.train's loop on a 1 (data) x 2 (tile) mesh, stopped
+at step 50 (checkpoint) and resumed to 100, then steps.evaluate on the held-out views:
+  * the loss falls and the held-out PSNR is well above a blank image's;
+  * the run resumes at the checkpoint's step, and the checkpoint restored onto the tile mesh (as
+    the loop restores it) equals the one read replicated, every tile array sharded P('tile') with
+    each device holding its own tile;
+  * final.json and the summary say tiles 2 on a 1 x 2 mesh.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from helpers.tiled import run_script
+
+HERE = Path(__file__).resolve()
+HASH = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("base_resolution", 4),
+        ("max_resolution", 64))
+OVERRIDES = dict(tiles=2, factor=1, batch_size=256, max_steps=100, lr_delay_steps=0,
+                 checkpoint_every=50, print_every=10, tb_every=10, test_every=4,
+                 model=dict(hashgrid_options=HASH, num_prop_samples=(12,), num_nerf_samples=8, prop_net_width=16,
+                            nerf_net_width=32, bottleneck_width=8, net_width_viewdirs=16))
+
+
+def _main() -> None:
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from nerflib import checkpoint, configs, datasets, fingerprint, scene_io, steps, synthetic
+    from nerflib import train as train_mod
+
+    root = Path(tempfile.mkdtemp())
+    synthetic.generate(root / "demo", n_views=16, n_heldout=0, n_queries=0, width=32, height=24, supersample=1)
+    scene_json, images, model_dir = root / "demo" / "gt" / "scene.json", root / "demo" / "images", root / "model"
+    # Stopped at step 50 (a checkpoint), then steps.train resumes it to 100.
+    cfg = configs.override(configs.get_preset("tiny"), **OVERRIDES)
+    ds = datasets.load_for_config(cfg, scene_io.read_scene_json(scene_json), image_dir=images)
+    first = train_mod.train(cfg, ds, model_dir, stop_after=50, progress=False, tb=False,
+                            fingerprint=fingerprint.of_training(cfg, ds))
+    assert first["final_step"] == 50 and first["tiles"] == 2 and first["mesh"] == {"data": 1, "tile": 2}, first
+    mesh = train_mod.training_mesh(cfg)
+    trainer = train_mod.make_trainer(cfg, ds, mesh)
+    template = trainer.init(jax.random.PRNGKey(0))
+    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(model_dir)) as ckpt:
+        state, step = ckpt.restore_latest_good(mesh, template=template, shardings=trainer.shardings(template))
+    assert step == 50 and int(state.step) == 50
+    _, plain, _ = checkpoint.restore_params(model_dir, jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    coord = {d: j for row in mesh.devices for j, d in enumerate(row)}
+    arrays = [a for a in jax.tree.leaves((state.params, state.opt_state)) if a.ndim >= 1]
+    assert len(arrays) >= 3 * len(jax.tree.leaves(state.params["nerf_field"]))
+    for a in arrays:
+        assert a.sharding.spec == P("tile"), a.sharding
+        for s in a.addressable_shards:
+            assert s.index[0] == slice(coord[s.device], coord[s.device] + 1), (s.device, s.index)
+    summary = steps.train(scene_json, images, model_dir=model_dir, preset="tiny", overrides=OVERRIDES)
+    assert (summary["start_step"], summary["final_step"]) == (50, 100), summary
+    final = json.loads((model_dir / "final.json").read_text())
+    assert final["tiles"] == 2 and final["preset"] == "tiny"
+    with open(model_dir / "train.tsv") as f:
+        loss = [float(r["loss"]) for r in csv.DictReader(f, delimiter="\t")]
+    assert len(loss) == 10 and np.mean(loss[-3:]) < 0.85 * loss[0], loss
+    result = steps.evaluate(scene_json, images, model_dir=model_dir, out_dir=root / "eval")
+    test = datasets.load_for_config(cfg, scene_io.read_scene_json(scene_json), image_dir=images, split="test")
+    # A blank image (black or white, whichever is closer) stays far below; a constant of each view's own
+    # mean colour reaches about 17.3 dB on these dark views (measured), the trained tiles 17.4 at 100 steps.
+    views = [gt for _, _, gt in test.iterate_views()]
+    blank = max(np.mean([-10 * np.log10(np.mean((gt - c) ** 2)) for gt in views]) for c in (0.0, 1.0))
+    assert result["psnr"] > blank + 3.0, (result["psnr"], blank)
+    assert (root / "eval" / "metrics.tsv").is_file()
+    print(f"TILED PIPELINE OK loss {loss} psnr {result['psnr']:.2f} (blank {blank:.2f})", flush=True)
+
+
+def test_tiled_training_resumes_and_evaluates():
+    result = run_script(HERE, devices=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "TILED PIPELINE OK" in result.stdout, result.stdout[-3000:]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(HERE.parent))
+    _main()
