@@ -1,6 +1,8 @@
 """Training as a library: `init_state`, `make_train_step`, `train`.
 
-Data parallel over a 1-D mesh (nerflib.parallel): the TrainState is
+The loop asks a trainer for the model's init, step, shardings and renderer (`Trainer`; for
+Config.tiles > 1 nerflib.tiled.pipeline.TiledTrainer on a `data x tile` mesh, the tiles'
+arrays sharded over 'tile'). Untiled: data parallel over a 1-D mesh (nerflib.parallel): the TrainState is
 replicated, each step's ray batch is split along 'data', and the loss is a
 mean over the global batch, so XLA adds the gradient all-reduce. The step is
 one jitted function with `donate_argnums=(0,)`; its randomness (ray sampling

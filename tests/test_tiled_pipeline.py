@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,7 +34,15 @@ def _main() -> None:
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from nerflib import checkpoint, configs, datasets, fingerprint, scene_io, steps, synthetic
+    from nerflib import (
+        checkpoint,
+        configs,
+        datasets,
+        fingerprint,
+        scene_io,
+        steps,
+        synthetic,
+    )
     from nerflib import train as train_mod
 
     root = Path(tempfile.mkdtemp())
@@ -76,6 +85,7 @@ def _main() -> None:
     blank = max(np.mean([-10 * np.log10(np.mean((gt - c) ** 2)) for gt in views]) for c in (0.0, 1.0))
     assert result["psnr"] > blank + 3.0, (result["psnr"], blank)
     assert (root / "eval" / "metrics.tsv").is_file()
+    shutil.rmtree(root, ignore_errors=True)  # kept when a check fails, to look at
     print(f"TILED PIPELINE OK loss {loss} psnr {result['psnr']:.2f} (blank {blank:.2f})", flush=True)
 
 

@@ -26,8 +26,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nerflib import parallel
 from nerflib import math as nmath
+from nerflib import parallel
 from nerflib import train_step as ts
 from nerflib.tiled.model import TiledModel, TileLayout, layout_from_points
 from nerflib.tiled.train import state_shardings
