@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from nerflib import math as nmath
 from nerflib import stepfun
 
+_EPS = float(jnp.finfo(jnp.float32).eps)
+
 __all__ = ["data_loss", "interlevel_loss", "proposal_sparsity_loss", "distortion_loss", "total_loss"]
 
 
@@ -41,20 +43,35 @@ def data_loss(rgb, rgb_gt, *, kind: str = "charbonnier", charb_padding: float = 
     raise ValueError(f"unknown data loss kind {kind!r}; choose 'charbonnier' or 'mse'")
 
 
-def interlevel_loss(ray_history, *, mult: float = 1.0, mask=None):
-    """Proposal rounds must bound the final weights from above (paper Eq. 13).
+def interlevel_loss(ray_history, *, mult: float = 1.0, blur: tuple[float, ...] = (), mask=None):
+    """Proposal rounds must bound the final weights from above.
 
-    Gradients reach only the proposal weights: the final round is a fixed
-    target here. mask [...]: the rays to average over (default: all).
+    blur = (): mip-NeRF 360's loss (paper Eq. 13), on the final round's intervals against the
+    proposal's outer measure. blur = (r_1, ..., r_{k}) (one half-width per proposal round, in
+    normalised distance s): Zip-NeRF's anti-aliased loss, on each proposal round's intervals
+    against the final weights blurred by a box of half-width r_i and re-binned there
+    (`stepfun.blur_and_resample_weights`): max(0, w_blur - w_prop)^2 / (w_prop + eps). It is
+    smooth in the proposal's endpoints (no jumps as intervals cross), which removes the
+    z-aliasing of the plain loss; Zip-NeRF uses it with blur (0.03, 0.003) and mult 0.01.
+    Gradients reach only the proposal weights: the final round is a fixed target here.
+    mask [...]: the rays to average over (default: all). Means over rays *and* intervals, as in
+    the reference implementations whose multipliers (1.0; Zip-NeRF's 0.01) were tuned so.
     """
     if len(ray_history) < 2:
         return jnp.zeros(())
+    proposals = ray_history[:-1]
+    if blur and len(blur) != len(proposals):
+        raise ValueError(f"interlevel blur needs one half-width per proposal round ({len(proposals)}), got {blur}")
     final = ray_history[-1]
     t = jax.lax.stop_gradient(final["sdist"])
     w = jax.lax.stop_gradient(final["weights"])
-    # Mean over rays *and* intervals, as in the reference implementation that
-    # the default multiplier (1.0) was tuned with.
-    loss = sum(_mean(stepfun.lossfun_outer(t, w, h["sdist"], h["weights"]), mask) for h in ray_history[:-1])
+    if not blur:
+        loss = sum(_mean(stepfun.lossfun_outer(t, w, h["sdist"], h["weights"]), mask) for h in proposals)
+        return mult * loss
+    loss = 0.0
+    for r, h in zip(blur, proposals):
+        w_blur = jax.lax.stop_gradient(stepfun.blur_and_resample_weights(h["sdist"], t, w, r))
+        loss += _mean(jnp.maximum(0.0, w_blur - h["weights"]) ** 2 / (h["weights"] + _EPS), mask)
     return mult * loss
 
 
@@ -96,7 +113,7 @@ def total_loss(renderings, ray_history, rgb_gt, cfg, *, data_loss_mult: float = 
     mask = ray_history[-1].get("fits")
     data = data_loss_mult * data_loss(rgb, rgb_gt, kind=cfg.data_loss_type, charb_padding=cfg.charb_padding,
                                       mask=mask)
-    inter = interlevel_loss(ray_history, mult=cfg.interlevel_loss_mult, mask=mask)
+    inter = interlevel_loss(ray_history, mult=cfg.interlevel_loss_mult, blur=cfg.interlevel_blur, mask=mask)
     dist = distortion_loss(ray_history, mult=cfg.distortion_loss_mult, mask=mask)
     sparsity = proposal_sparsity_loss(ray_history, mult=cfg.prop_sparsity_mult, mask=mask)
     mse = _mean((jax.lax.stop_gradient(rgb) - rgb_gt) ** 2, mask)

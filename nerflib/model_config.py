@@ -141,6 +141,10 @@ class ModelConfig:
     data_loss_type: str = "charbonnier"  # "charbonnier" or "mse".
     charb_padding: float = 0.001
     interlevel_loss_mult: float = 1.0
+    # The interlevel loss's kind: () = mip-NeRF 360's; one box half-width per proposal round (in
+    # normalised distance s) = Zip-NeRF's anti-aliased loss, the final weights blurred and re-binned
+    # onto each proposal round (losses.interlevel_loss; Zip-NeRF: (0.03, 0.003) with mult 0.01).
+    interlevel_blur: tuple[float, ...] = ()
     # Weight of a loss on the proposal rounds' weight in front of the far bound (ours): the
     # interlevel loss only pushes proposal weights up, so nothing teaches the proposals that a
     # ray through empty space is empty, and empty-space skipping (skip_threshold) then skips
@@ -152,6 +156,7 @@ class ModelConfig:
         # Accept lists (e.g. from JSON) but store tuples, which are hashable.
         set_ = functools.partial(object.__setattr__, self)
         set_("num_prop_samples", tuple(int(k) for k in self.num_prop_samples))
+        set_("interlevel_blur", tuple(float(r) for r in self.interlevel_blur))
         for name in ("hashgrid_options", "prop_hashgrid_options"):
             set_(name, tuple((str(k), _freeze(v)) for k, v in dict(getattr(self, name)).items()))
 
@@ -197,6 +202,9 @@ class ModelConfig:
         m = round(1.0 / self.prop_grad_fraction) if self.prop_grad_fraction > 0 else 0
         need(m >= 1 and abs(1.0 / m - self.prop_grad_fraction) < 1e-6,
              "prop_grad_fraction must be 1/m for a whole m >= 1 (1.0, 0.5, 0.25, ...)", self.prop_grad_fraction)
+        need(not self.interlevel_blur or (len(self.interlevel_blur) == self.num_levels - 1
+                                          and min(self.interlevel_blur) > 0),
+             "interlevel_blur must be () or one half-width > 0 per proposal round", self.interlevel_blur)
         need(self.prop_sparsity_mult >= 0, "prop_sparsity_mult must be >= 0", self.prop_sparsity_mult)
         need(self.skip_threshold >= 0, "skip_threshold must be >= 0 (0 = off)", self.skip_threshold)
         need(0 < self.sample_budget <= 1, "sample_budget must be in (0, 1]", self.sample_budget)
@@ -261,6 +269,8 @@ def tiled_model_problems(cfg: ModelConfig) -> list[str]:
         "prop_sparsity_mult must be 0": cfg.prop_sparsity_mult > 0,
         "multisamples and prop_multisamples must be 0": cfg.multisamples > 0 or cfg.prop_multisamples > 0,
         "refine_poses must be False": cfg.refine_poses,
+        # The blurred final weights of one tile spill into the next: no exact decomposition over tiles.
+        "interlevel_blur must be ()": bool(cfg.interlevel_blur),
     }
     return [what for what, wrong in bad.items() if wrong]
 

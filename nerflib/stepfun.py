@@ -13,7 +13,9 @@ batch dimensions `...` in front:
 mip-NeRF 360 samples each level from the previous level's weights
 (`sample_intervals`), asks the proposal weights to bound the final ones from
 above (`lossfun_outer`) and penalises spread-out weights
-(`lossfun_distortion`).
+(`lossfun_distortion`). Zip-NeRF's anti-aliased interlevel loss compares the
+proposal weights with the final ones blurred by a box filter and re-binned
+onto the proposal's intervals (`blur_and_resample_weights`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "renormalize_weights",
     "weighted_percentile",
     "resample",
+    "blur_and_resample_weights",
 ]
 
 _EPS = float(np.finfo(np.float32).eps)
@@ -351,3 +354,36 @@ def resample(t, tp, vp, *, use_avg: bool = False):
     acc = jnp.concatenate([jnp.zeros_like(vp[..., :1]), jnp.cumsum(vp, axis=-1)], axis=-1)
     acc_t = sorted_interp(t, tp, acc)
     return acc_t[..., 1:] - acc_t[..., :-1]
+
+
+def _cdf_antiderivative(x, t, w):
+    """I(x) = integral from t[0] to x of the CDF of (t, w), at the points x [..., m]; exact.
+
+    The CDF F is piecewise linear (0 before t[0], sum(w) after t[-1]), so I is piecewise
+    quadratic: inside interval k, I(x) = I_k + F_k d + p_k d^2 / 2 with d = x - t_k.
+    """
+    n = w.shape[-1]
+    width = t[..., 1:] - t[..., :-1]
+    cdf = jnp.concatenate([jnp.zeros_like(w[..., :1]), jnp.cumsum(w, axis=-1)], axis=-1)
+    knots = jnp.concatenate([jnp.zeros_like(w[..., :1]),
+                             jnp.cumsum(0.5 * (cdf[..., :-1] + cdf[..., 1:]) * width, axis=-1)], axis=-1)
+    pdf = weight_to_pdf(t, w)
+    k = jnp.clip(_count(t, x, "right") - 1, 0, n - 1)
+    take = functools.partial(jnp.take_along_axis, indices=k, axis=-1)
+    d = jnp.clip(x - take(t), 0.0, take(width))
+    inside = take(knots) + take(cdf) * d + 0.5 * take(pdf) * d * d
+    return inside + cdf[..., -1:] * jnp.maximum(0.0, x - t[..., -1:])
+
+
+def blur_and_resample_weights(tq, t, w, halfwidth):
+    """The step function (t, w) convolved with a box of half-width `halfwidth`, re-binned onto tq.
+
+    The density w / width blurred by a box [-r, r] is piecewise linear; its mass in [a, b] is
+    G(b) - G(a) with G(x) = (I(x + r) - I(x - r)) / 2r, I the antiderivative of the CDF
+    (`_cdf_antiderivative`). Zip-NeRF's anti-aliased interlevel loss compares proposal weights
+    with this. tq [..., m+1] sorted; halfwidth > 0, a scalar or broadcastable to tq. Returns
+    [..., m] (>= 0; the mass blurred past tq's ends is not counted).
+    """
+    r = jnp.asarray(halfwidth, dtype=w.dtype)
+    g = (_cdf_antiderivative(tq + r, t, w) - _cdf_antiderivative(tq - r, t, w)) / (2.0 * r)
+    return jnp.maximum(0.0, g[..., 1:] - g[..., :-1])
