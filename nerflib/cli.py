@@ -107,9 +107,9 @@ def _add_poses(sub) -> None:
     p.add_argument("--sequential-overlap", type=int, default=10)
     p.add_argument("--strict", action="store_true",
                    help="fail when the pose diagnostics warn (docs/pose_diagnostics.md), not only warn")
-    p.add_argument("--mapper", choices=MAPPERS, default="incremental",
-                   help="incremental (COLMAP), global (GLOMAP, for large captures) or auto (global, then "
-                        "incremental when the global model looks wrong; the log says why)")
+    p.add_argument("--mapper", choices=MAPPERS, default="auto",
+                   help="auto (incremental below 250 photos; from there global, then incremental when the "
+                        "global model looks wrong; the log says why), incremental (COLMAP) or global (GLOMAP)")
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto",
                    help="SIFT extraction and matching on the GPU: auto = where pycolmap is a CUDA build "
                         "(pycolmap-cuda12) and a GPU is visible (config key sfm.gpu)")

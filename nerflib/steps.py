@@ -64,7 +64,7 @@ def _link_images(images: Path, scene: SceneLayout) -> None:
 
 def poses(images, *, scene_dir, camera_model="OPENCV", matcher="auto", poses="", poses_format="auto",
           single_camera=True, max_image_size=3200, min_registered_fraction=0.5, vocab_tree="",
-          sequential_overlap=10, strict=False, mapper="incremental", gpu="auto", threads=1) -> dict:
+          sequential_overlap=10, strict=False, mapper="auto", gpu="auto", threads=1) -> dict:
     """Camera poses of the photos in `images`, by SfM or from an existing poses file.
 
     Writes into scene_dir (nerflib.layout.SceneLayout): sparse/0/ (COLMAP binary), poses/summary.json
