@@ -8,7 +8,6 @@ script), so the pytest process keeps its single CPU device.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +16,13 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
+from helpers.processes import flat, free_port, load_npz, run_together, train_tsv
 from helpers.training import check_batch, compile_cache, subprocess_env, toy_config
 
 from nerflib import parallel  # noqa: E402
 
 
 # --------------------------------------------------------------------------- subprocess side
-
-
-def _flat(tree) -> dict:
-    import jax
-
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _toy_train(out: Path):
@@ -55,7 +48,7 @@ def _driver4(out: Path, ref: Path) -> None:
     for src, mesh, name in ((ref, mesh4, "m1_on_4"), (out / "m4", mesh1, "m4_on_1")):
         _, params, _ = checkpoint.restore_params(src, mesh)
         assert all(x.sharding.mesh.devices.size == mesh.devices.size for x in jax.tree_util.tree_leaves(params))
-        np.savez(out / f"{name}.npz", **_flat(params))
+        np.savez(out / f"{name}.npz", **flat(params))
     model = train.make_model(cfg, ds.num_train_images)
     template = train.init_state(cfg, ds, jax.random.PRNGKey(0), mesh1, model=model)
     with checkpoint.Checkpointer(out / "m4" / "checkpoints") as ck:
@@ -70,7 +63,7 @@ def _driver4(out: Path, ref: Path) -> None:
         st = train.init_state(cfg, ds, jax.random.PRNGKey(0), mesh, model=model)
         fn = train.make_train_step(cfg, model, mesh)
         st, stats = fn(st, parallel.shard_batch(host, mesh), parallel.replicate(np.asarray(jax.random.PRNGKey(2)), mesh))
-        stepped[mesh.devices.size] = _flat(jax.device_get(st.params))
+        stepped[mesh.devices.size] = flat(jax.device_get(st.params))
         result[f"explicit_loss_{mesh.devices.size}"] = float(stats["loss"])
     np.savez(out / "explicit_1.npz", **stepped[1])
     np.savez(out / "explicit_4.npz", **stepped[4])
@@ -103,7 +96,7 @@ def _worker(out: Path, process_id: int, port: int) -> None:
     summary = train.train(toy_config(), ds, out / "mp", progress=False, tb=False)
     _, params, step = checkpoint.restore_params(out / "mp", parallel.make_mesh())
     if process_id == 0:
-        np.savez(out / "mp_params.npz", **_flat(params))
+        np.savez(out / "mp_params.npz", **flat(params))
         (out / "mp_result.json").write_text(json.dumps({"summary": summary, "step": step}))
 
 
@@ -193,25 +186,15 @@ def four(tmp_path_factory):
     return out, json.loads((out / "result.json").read_text())
 
 
-def _load(path: Path) -> dict:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _tsv(path: Path) -> np.ndarray:
-    lines = path.read_text().splitlines()[1:]
-    return np.array([[float(x) for x in line.split("\t")[:4]] for line in lines])
-
-
 def test_four_devices_train_like_one(four):
     out, result = four
     assert result["run4"]["devices"] == 4
     # same global batches (drawn from one key), gradients averaged by the compiler
-    p1, p4 = _load(out / "m1_on_4.npz"), _load(out / "m4_on_1.npz")
+    p1, p4 = load_npz(out / "m1_on_4.npz"), load_npz(out / "m4_on_1.npz")
     for k in p1:
         np.testing.assert_allclose(p4[k], p1[k], rtol=1e-4, atol=1e-6, err_msg=k)
     # the loss curves match step by step
-    c1, c4 = _tsv(out / "ref" / "run" / "train.tsv"), _tsv(out / "m4" / "train.tsv")
+    c1, c4 = train_tsv(out / "ref" / "run" / "train.tsv"), train_tsv(out / "m4" / "train.tsv")
     np.testing.assert_array_equal(c1[:, 0], c4[:, 0])
     np.testing.assert_allclose(c4[:, 1:], c1[:, 1:], rtol=1e-4)
 
@@ -219,7 +202,7 @@ def test_four_devices_train_like_one(four):
 def test_one_step_on_an_explicit_batch_4_devices_equals_1(four):
     out, result = four
     assert result["explicit_loss_4"] == pytest.approx(result["explicit_loss_1"], rel=1e-5)
-    p1, p4 = _load(out / "explicit_1.npz"), _load(out / "explicit_4.npz")
+    p1, p4 = load_npz(out / "explicit_1.npz"), load_npz(out / "explicit_4.npz")
     assert p1.keys() == p4.keys()
     for k in p1:
         np.testing.assert_allclose(p4[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=k)
@@ -238,31 +221,15 @@ def test_shard_batch_and_sharded_images(four):
     assert result["shard_device_bytes"] * 3 == result["replicate_device_bytes"]  # 2 slots instead of 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(four, tmp_path_factory):
     out, _ = four
-    port = _free_port()
+    port = free_port()
     env = subprocess_env(compile_cache(tmp_path_factory), devices=2)  # 2 CPU devices per process, 4 in all
-    procs = [subprocess.Popen([sys.executable, str(HERE), "worker", str(out), str(i), str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=400)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n----\n".join(x[-3000:] for x in logs)
+    run_together([[str(HERE), "worker", str(out), str(i), str(port)] for i in range(2)], env)
     res = json.loads((out / "mp_result.json").read_text())
     assert res["summary"]["processes"] == 2 and res["summary"]["devices"] == 4 and res["step"] == 6
-    single, multi = _load(out / "m1_on_4.npz"), _load(out / "mp_params.npz")
+    single, multi = load_npz(out / "m1_on_4.npz"), load_npz(out / "mp_params.npz")
     for k in single:
         np.testing.assert_allclose(multi[k], single[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    np.testing.assert_allclose(_tsv(out / "mp" / "train.tsv")[:, 1:], _tsv(out / "ref" / "run" / "train.tsv")[:, 1:],
-                               rtol=1e-4)
+    np.testing.assert_allclose(train_tsv(out / "mp" / "train.tsv")[:, 1:],
+                               train_tsv(out / "ref" / "run" / "train.tsv")[:, 1:], rtol=1e-4)

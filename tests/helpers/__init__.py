@@ -2,6 +2,8 @@
 
   training   toy_config, subprocess_env, compile_cache, check_batch: the toy field's settings and
              the environment of a training subprocess (fast compiles, one shared compilation cache)
+  processes  several local processes training together (jax.distributed on CPU): free_port,
+             run_together, and flat / load_npz / train_tsv for comparing their results
   toymodel   the `toy_model` session fixture: a trained toy model for tests that need one
   workflow   Snakemake on the repository's workflow in a temporary folder: sheet and config edits,
              dry runs, the demo run in the background (DemoRun), the reduced demo config
