@@ -297,16 +297,12 @@ QUALITY_HASHGRID = (("num_levels", 16), ("features_per_level", 2), ("log2_table_
 def quality(**overrides) -> Config:
     """`fast` with a larger, finer final grid (QUALITY_HASHGRID) and Zip-NeRF's colour head: ~5 min on one H100.
 
-    Each piece was measured alone on bonsai with our SfM poses (H100, all 37 held-out
-    views, bench/RESULTS.md): on `fast` (70 s each, call 22) the larger grid gave 30.30 dB
-    against 30.01 at 27 % fewer rays/s; on that (60 s each, call 24) Zip-NeRF's colour head
-    (a 256-wide bottleneck and 2 x 256 view-direction MLP instead of 15 and 2 x 64) gave
-    30.49 dB against 30.11 at 35 % fewer rays/s. What did not pay at equal time stays an
-    option, off here: grid level weights (30.01, call 22) and 6 multisamples (28.56, call 24),
-    camera refinement (29.89, call 22; SfM's poses there are at 0.33 px), the anti-aliased
-    interlevel loss (29.82, call 24), float32 grid and MLPs (29.96, call 24). The schedule
-    (26k steps) ends within 5 minutes on one H100, first step included: 31.97 dB on bonsai
-    (call 25).
+    Each piece measured alone on bonsai, our SfM poses, 37 held-out views (H100, bench/RESULTS.md):
+    the grid on `fast` 30.30 dB against 30.01 (70 s, call 22); Zip-NeRF's colour head (bottleneck
+    256 and a 2 x 256 view MLP, not 15 and 2 x 64) on that 30.49 against 30.11 (60 s, call 24).
+    Off (no gain at equal time): level weights (30.01) and 6 multisamples (28.56), camera
+    refinement (29.89; SfM poses at 0.33 px), the anti-aliased interlevel loss (29.82), float32
+    (29.96). The 26k steps end within 5 min on one H100: 31.97 dB on bonsai (call 25).
     """
     base = fast()
     model = dataclasses.replace(base.model, hashgrid_options=QUALITY_HASHGRID, bottleneck_width=256,

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nerflib import matching, rigid, scene_io, sfm, sift
+from nerflib import mapping, matching, rigid, scene_io, sfm, sift
 from nerflib import vocab_tree as vocab_tree_lib
 
 THREADS = 2
@@ -151,7 +151,7 @@ def test_threads_reach_extraction_matching_and_mapping(tmp_path, monkeypatch):
         raise _Stop
 
     monkeypatch.setattr(pycolmap, "match_sequential", lambda *a, **k: None)
-    monkeypatch.setattr(sfm, "map_database", map_database)
+    monkeypatch.setattr(mapping, "map_database", map_database)
     with pytest.raises(_Stop):
         sfm.run_sfm(images, tmp_path / "out", matcher="sequential", threads=5, max_num_features=256, gpu=False,
                     mapper="global", log=lambda msg: None)
@@ -586,7 +586,7 @@ def arc_auto(synthetic_scene, tmp_path_factory):
     logs = []
     images = _arc(synthetic_scene, root / "images")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sfm, "AUTO_GLOBAL_MIN_IMAGES", 10)  # global first, as for a large capture
+        mp.setattr(mapping, "AUTO_GLOBAL_MIN_IMAGES", 10)  # global first, as for a large capture
         summary = sfm.run_sfm(images, root / "scene", threads=1, max_num_features=1024, mapper="auto",
                               log=logs.append)
     return {"images": images, "out": root / "scene", "summary": summary, "logs": logs}
@@ -641,8 +641,8 @@ def test_auto_mapper_falls_back_to_incremental(synthetic_scene, tmp_path, monkey
             _turn_view(rec, "004.jpg", 8.0)
         return models
 
-    monkeypatch.setattr(sfm, "map_database", global_goes_wrong)
-    monkeypatch.setattr(sfm, "AUTO_GLOBAL_MIN_IMAGES", 10)  # global first, as for a large capture
+    monkeypatch.setattr(mapping, "map_database", global_goes_wrong)
+    monkeypatch.setattr(mapping, "AUTO_GLOBAL_MIN_IMAGES", 10)  # global first, as for a large capture
     logs = []
     images = _arc(synthetic_scene, tmp_path / "images")
     summary = sfm.run_sfm(images, tmp_path / "scene", threads=THREADS, max_num_features=1024, mapper="auto",
