@@ -200,6 +200,21 @@ def test_radii_with_distortion_match_a_naive_loop():
             assert abs(rays.radii[j, i, 0] - 0.5 * (dx + dy) * 2 / math.sqrt(12)) < 1e-10
 
 
+def test_whole_image_rays_of_any_pose_equal_the_per_pixel_computation():
+    """generate_rays of a whole image reuses its camera's camera-frame rays across poses (made once): for
+    several poses of one distorted camera, every field equals rays_from_pixels through explicit pixels."""
+    cam = Camera("OPENCV", 16, 12, (14.0, 14.5, 8.1, 5.9, -0.28, 0.09, 1.2e-3, -8e-4))
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        c2w = np.concatenate([rigid.exp_so3(rng.normal(size=3)), rng.normal(size=(3, 1))], axis=1)
+        whole = cameras.generate_rays(cam, c2w, near=0.1, far=5.0, cam_idx=k, dtype=np.float64)
+        per_pixel = cameras.generate_rays(cam, c2w, pixels=cameras.pixel_grid(16, 12), near=0.1, far=5.0,
+                                          cam_idx=k, dtype=np.float64)
+        for name, value in vars(per_pixel).items():
+            np.testing.assert_array_equal(getattr(whole, name), value, err_msg=name)
+        assert whole.cam_idx.shape == (12, 16, 1) and (whole.cam_idx == k).all()
+
+
 def test_rays_are_differentiable_wrt_pose():
     model, params = "OPENCV", jnp.asarray(LENSES["OPENCV"])
     pixels = jnp.asarray(_uv(20, seed=5)[4:])
