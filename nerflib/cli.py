@@ -163,9 +163,12 @@ def _add_train(sub) -> None:
                    help="the image folder's downscale factor (default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=2000 (repeatable)")
+    p.add_argument("--sparse", default="", help="the scene's COLMAP model (sparse/0): a tiled model (--set tiles=K) "
+                                                "splits space at its points (default: at the camera centres)")
 
 
-def train_argv(scene_json, images, *, model_dir, preset, factor=None, overrides=None, allow_cpu=False) -> list[str]:
+def train_argv(scene_json, images, *, model_dir, preset, factor=None, overrides=None, allow_cpu=False,
+               sparse="") -> list[str]:
     """`nerf train` arguments for a `steps.train` call (the inverse of train_call: tests check both ways).
 
     How a launcher hands one train call to each of its tasks: command-line words are what every
@@ -177,13 +180,16 @@ def train_argv(scene_json, images, *, model_dir, preset, factor=None, overrides=
         argv += ["--factor", str(int(factor))]
     for key, value in dict(overrides or {}).items():
         argv += ["--set", f"{key}={json.dumps(value)}"]
+    if sparse:
+        argv += ["--sparse", str(sparse)]
     return argv + (["--allow-cpu"] if allow_cpu else [])
 
 
 def train_call(args: argparse.Namespace) -> dict:
     """The keyword arguments of `steps.train` for parsed `nerf train` arguments."""
     return {"scene_json": args.scene, "images": args.images, "model_dir": args.model_dir, "preset": args.preset,
-            "factor": args.factor, "overrides": _overrides(args.overrides), "allow_cpu": args.allow_cpu}
+            "factor": args.factor, "overrides": _overrides(args.overrides), "allow_cpu": args.allow_cpu,
+            "sparse": args.sparse}
 
 
 def command(argv: list[str], *, log: str | None = None) -> list[str]:

@@ -9,7 +9,10 @@ records what training saw:
            only change how a run is carried out (RUN_ONLY_FIELDS);
   poses    a digest of the training split's cameras as training sees them
            (poses in the normalized frame, intrinsics, ray bounds, names);
-  images   {name: sha256 of the file} of the training split's images.
+  images   {name: sha256 of the file} of the training split's images;
+  tile_points  (tiled models only, Config.tiles > 1) a digest of the points the tiles are split at
+           (nerflib.tiled.pipeline.layout_points: the SfM points, else the camera centres), which
+           the checkpoints' layout was made from.
 
 A run whose fingerprint equals the stored one resumes; any difference (or no
 stored fingerprint beside existing checkpoints) starts a fresh training, and
@@ -63,8 +66,14 @@ def of_training(cfg, dataset) -> dict:
     paths = [Path(p) for p in dataset.image_paths]
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
         digests = list(pool.map(file_digest, paths))
-    return {"version": VERSION, "config": config, "poses": _cameras_digest(dataset),
-            "images": dict(zip(dataset.names, digests))}
+    fp = {"version": VERSION, "config": config, "poses": _cameras_digest(dataset),
+          "images": dict(zip(dataset.names, digests))}
+    if cfg.tiles > 1:
+        from nerflib.tiled.pipeline import layout_points
+
+        points = np.ascontiguousarray(layout_points(dataset)[0], np.float64)
+        fp["tile_points"] = hashlib.sha256(f"{points.shape};".encode() + points.tobytes()).hexdigest()
+    return fp
 
 
 def digest(fp: dict) -> str:
@@ -114,6 +123,8 @@ def differences(old: dict | None, new: dict) -> list[str]:
             reasons.append(f"{len(names)} training image(s) {what}: {_named(names)}")
     if old.get("poses") != new["poses"] and not (added or removed):
         reasons.append("the camera poses or intrinsics changed")
+    if old.get("tile_points") != new.get("tile_points"):
+        reasons.append("the points the tiles are split at changed (SfM points or camera centres)")
     a, b = _flat(old.get("config", {})), _flat(new["config"])
     settings = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if settings:

@@ -126,7 +126,8 @@ def _load_split(cfg, scene_json, images, *, split: str):
     return datasets.load_for_config(configs.for_scene(cfg, scene), scene, image_dir=images, split=split)
 
 
-def train(scene_json, images, *, model_dir, preset="tiny", factor=None, overrides=None, allow_cpu=False) -> dict:
+def train(scene_json, images, *, model_dir, preset="tiny", factor=None, overrides=None, allow_cpu=False,
+          sparse="") -> dict:
     """Train (or resume) the radiance field of a scene; writes model_dir/final.json last.
 
     Resumes only checkpoints of the same inputs and settings (nerflib.fingerprint); others are
@@ -134,11 +135,13 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=None, override
     it runs, so that two trainings never write one model folder. preset `auto`: picked by the
     backend found here (configs.resolve_preset); a GPU preset on a CPU-only JAX stops with the
     fix unless `allow_cpu` (backend.check_preset). factor None: the preset's; `images` must be
-    the folder at that factor.
+    the folder at that factor. sparse: the scene's COLMAP model (the poses step's sparse/0, in
+    scene.json's frame) whose points split a tiled model's space (Config.tiles > 1; without it, or
+    for tiles 1, unused: the training cameras' centres split it).
     """
     import jax
 
-    from nerflib import backend, configs, fingerprint, scene_io
+    from nerflib import backend, configs, datasets, fingerprint, scene_io
     from nerflib import train as train_mod
     from nerflib.logs import tell
 
@@ -150,9 +153,14 @@ def train(scene_json, images, *, model_dir, preset="tiny", factor=None, override
     backend.check_preset(preset, allow_cpu=allow_cpu, info=info)
     # The capture's kind adapts the preset first; the user's overrides win over both.
     preset_cfg = configs.get_preset(preset) if factor is None else configs.get_preset(preset, factor=int(factor))
-    base = configs.for_scene(preset_cfg, scene_io.read_scene_json(scene_json))
+    scene = scene_io.read_scene_json(scene_json)
+    base = configs.for_scene(preset_cfg, scene)
     cfg = configs.override(base, **dict(overrides or {}))
-    dataset = _load_split(cfg, scene_json, images, split="train")
+    if cfg.tiles > 1:
+        from nerflib.tiled.pipeline import scene_with_points
+
+        scene = scene_with_points(scene, sparse)
+    dataset = datasets.load_for_config(configs.for_scene(cfg, scene), scene, image_dir=images, split="train")
     with fileio.folder_lock(model_dir, what="training", main=jax.process_index() == 0):
         summary = train_mod.train(cfg, dataset, model_dir, fingerprint=fingerprint.of_training(cfg, dataset))
         if jax.process_index() == 0:

@@ -21,14 +21,15 @@ from nerflib.logs import log_to
 
 def run(scene_json, images, *, model_dir, settings: Mapping[str, Any], log: str, allow_cpu: bool = False,
         launcher: str = "", resources: Mapping[str, Any] | None = None,
-        viewer: Mapping[str, Any] | None = None) -> int:
+        viewer: Mapping[str, Any] | None = None, sparse="") -> int:
     """Train (or resume); returns the exit status for the job (0 when trained in this process).
 
     settings: the keyword arguments of `steps.train` that say what to compute (preset, factor,
     overrides). allow_cpu, launcher, resources and viewer say how to run it (changing them must
     not rerun training). launcher: '' (this process) or the launcher's words, completed from the
     job's `resources` for srun (parallel.launcher_command). viewer: the config's `train.viewer`
-    (`enabled`, `host`, `port`): `nerf view` follows the checkpoints until training ends.
+    (`enabled`, `host`, `port`): `nerf view` follows the checkpoints until training ends. sparse: the
+    COLMAP model whose points split a tiled model (steps.train's `sparse`; the rule gives it for tiles > 1).
     """
     viewer = viewer or {}
     viewer_process = None
@@ -39,10 +40,11 @@ def run(scene_json, images, *, model_dir, settings: Mapping[str, Any], log: str,
         if launcher:
             from nerflib import parallel
 
-            argv = cli.train_argv(scene_json, images, model_dir=model_dir, allow_cpu=allow_cpu, **settings)
+            argv = cli.train_argv(scene_json, images, model_dir=model_dir, allow_cpu=allow_cpu, sparse=sparse,
+                                  **settings)
             return parallel.launch(launcher, resources or {}, cli.command(argv, log=log), log=log, what="train")
         with log_to(log):
-            steps.train(scene_json, images, model_dir=model_dir, allow_cpu=allow_cpu, **settings)
+            steps.train(scene_json, images, model_dir=model_dir, allow_cpu=allow_cpu, sparse=sparse, **settings)
         return 0
     finally:
         if viewer_process is not None:

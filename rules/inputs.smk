@@ -75,6 +75,12 @@ def training_images(wildcards):
     return scene_layout(wildcards.scene).images(factor)
 
 
+def tile_points_model(wildcards):
+    """The COLMAP model whose points split a tiled row's field (tiles > 1); [] for tiles 1, whose
+    inputs stay as they were (nothing reruns)."""
+    return scene_layout(wildcards.scene).sparse if tiles_of(wildcards.scene) > 1 else []
+
+
 def train_params(wildcards):
     return {
         "preset": preset_of(wildcards.scene),

@@ -9,6 +9,7 @@ rule train:
         scene=SCENE.scene_json,
         images=training_images,
         manifest=training_manifest,
+        sparse=tile_points_model,
     output:
         final=SCENE.final_json,
     params:

@@ -60,10 +60,10 @@ def test_train_argv_parses_back_to_the_same_call():
     from nerflib import steps
 
     call = {"scene_json": "p/scene.json", "images": "p/images_4", "model_dir": "p/model", "preset": "tiny",
-            "factor": 4, "allow_cpu": True,
+            "factor": 4, "allow_cpu": True, "sparse": "p/sparse/0",
             "overrides": {"max_steps": 40, "lr_init": 1e-3, "near": 0.0, "num_samples": [64, 32], "use_viewdirs": False,
                           "note": "1e3", "spaced": "a b=c", "nested": {"x": None}}}
-    for case in (call, {**call, "factor": None, "overrides": None, "allow_cpu": False}):
+    for case in (call, {**call, "factor": None, "overrides": None, "allow_cpu": False, "sparse": ""}):
         argv = cli.train_argv(**case)
         parsed = cli.train_call(cli.build_parser().parse_args(argv))
         assert parsed == {**case, "overrides": case["overrides"] or {}}, argv

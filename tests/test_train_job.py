@@ -106,7 +106,7 @@ def test_every_task_gets_the_settings_of_the_job(fake_srun, tmp_path, monkeypatc
     settings = {"preset": "tiny", "factor": 4, "overrides": {"max_steps": 40, "num_samples": [32, 16]}}
     log = str(tmp_path / "train.log")
     status = train_job.run("r/scene.json", "r/images_4", model_dir="r/model", settings=settings, log=log,
-                           allow_cpu=True, launcher=str(srun), resources={"tasks": 2})
+                           allow_cpu=True, launcher=str(srun), resources={"tasks": 2}, sparse="r/sparse/0")
     assert status == 143
     args = json.loads(record.read_text())
     assert args[:3] == ["--nodes=1", "--ntasks=2", sys.executable]
@@ -114,7 +114,7 @@ def test_every_task_gets_the_settings_of_the_job(fake_srun, tmp_path, monkeypatc
     parsed = cli.build_parser().parse_args(args[5:])
     assert parsed.log == log
     assert cli.train_call(parsed) == {"scene_json": "r/scene.json", "images": "r/images_4", "model_dir": "r/model",
-                                      "allow_cpu": True, **settings}
+                                      "allow_cpu": True, "sparse": "r/sparse/0", **settings}
 
 
 def test_in_this_process_with_a_viewer_beside_it(tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_in_this_process_with_a_viewer_beside_it(tmp_path, monkeypatch):
     status = train_job.run("s.json", "img", model_dir="m", settings=settings, log=str(log),
                            viewer={"enabled": True, "host": "0.0.0.0", "port": 8123})
     assert status == 0
-    assert calls == [(("s.json", "img"), {"model_dir": "m", "allow_cpu": False, **settings})]
+    assert calls == [(("s.json", "img"), {"model_dir": "m", "allow_cpu": False, "sparse": "", **settings})]
     assert "trained" in log.read_text()
     [viewer] = started
     assert viewer["terminated"] and viewer["env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"

@@ -97,3 +97,29 @@ def test_bad_config_fails_before_any_job(workdir, case):
     assert "config" in out.lower()
     for text in expected:
         assert text in out, f"{text!r} not in:\n{out}"
+
+
+def _train_inputs(out: str) -> dict[str, str]:
+    """{scene: the input line of its train job} from a dry run's job listing."""
+    inputs, job = {}, None
+    for line in (line.strip() for line in out.splitlines()):
+        if line.startswith("rule "):
+            job = {} if line == "rule train:" else None
+        elif job is not None and ":" in line:
+            key, value = line.split(":", 1)
+            job[key] = value.strip()
+            if key == "wildcards":
+                inputs[value.split("scene=")[1].split(",")[0]] = job.get("input", "")
+    return inputs
+
+
+def test_tiled_rows_train_from_the_sparse_model(workdir):
+    """A tiles > 1 row's train job reads sparse/0, whose points split its field; a tiles 1 row's train
+    inputs stay as they were (nothing reruns)."""
+    row = GOOD_ROW.rsplit("\t", 1)[0] + "\t"  # no queries: a tiled row refuses them
+    write_sheet(workdir, HEADER + "\ttiles", row + "\t2", row.replace("demo", "flat", 1) + "\t1")
+    result = dry_run(workdir, "results/demo/model/final.json", "results/flat/model/final.json")
+    assert result.returncode == 0, result.stderr
+    inputs = _train_inputs(result.stdout + result.stderr)
+    assert "results/demo/sparse/0" in inputs["demo"], inputs
+    assert "sparse" not in inputs["flat"] and "results/flat/poses/scene.json" in inputs["flat"], inputs

@@ -12,6 +12,7 @@ sys.exit(train_job.run(
     snakemake.input.images,
     model_dir=Path(snakemake.output.final).parent,
     settings=snakemake.params.settings,
+    sparse=snakemake.input.sparse or "",  # tiled rows only: the points that split the field
     log=snakemake.log[0],
     # How to run, not what to compute: read here, not params, so that changing them reruns nothing.
     allow_cpu=bool(snakemake.config.get("allow_cpu", False)),

@@ -13,12 +13,17 @@ The layout travels with the parameters: params = {'prop_field', 'nerf_field', 't
 (the boxes lo, hi, c_lo, c_hi [K, 3], constants outside the optimizer), so a model folder
 renders without its training inputs (`model_of`).
 
+Layout: split at the scene's SfM points (`scene_with_points`: the train rule's sparse/0, tiles > 1
+rows only), else at the training cameras' centres (`layout_points`).
+
 Mesh: `tile_mesh(K)` over the available devices: the 'tile' axis min(K, devices) rounded down
 to a power of two (so it divides K), 'data' the devices left over divided by that; one
 device holds all K tiles.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +52,18 @@ def tile_mesh(k: int, devices=None) -> Mesh:
         tile *= 2
     data = len(devices) // tile
     return Mesh(np.array(devices[: data * tile]).reshape(data, tile), (parallel.DATA_AXIS, "tile"))
+
+
+def scene_with_points(scene, sparse):
+    """`scene` carrying the points of the COLMAP model at `sparse` (the poses step's sparse/0, written in
+    scene.json's frame), for splitting tiles at them; `scene` itself when sparse is '' or holds none.
+    The points are normalized with the cameras when the dataset is loaded (datasets.load_for_config)."""
+    if not sparse:
+        return scene
+    from nerflib import scene_io
+
+    points = scene_io.read_colmap(sparse, check_images=False).points
+    return scene if points is None else dataclasses.replace(scene, points=points)
 
 
 def layout_points(dataset) -> tuple[np.ndarray, str]:
