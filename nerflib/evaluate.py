@@ -45,14 +45,38 @@ def make_render_fn(model, mesh, *, zero_glo: bool = False) -> Callable:
 def _render_fn(model, mesh, zero_glo: bool) -> Callable:
     rep = parallel.replicated_sharding(mesh)
     data = parallel.data_sharding(mesh)
+    final = ray_render(model, zero_glo=zero_glo)
 
     def render(params, rays):
-        renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0,
-                                    compute_extras=True, zero_glo=zero_glo)
-        final = renderings[-1]
-        return {k: final[k] for k in RENDER_KEYS if k in final}
+        out = final(params, rays)
+        return {k: out[k] for k in RENDER_KEYS if k in out}
 
     return jax.jit(render, in_shardings=(rep, data), out_shardings=rep)
+
+
+def ray_render(model, *, zero_glo: bool = False, extras: bool = True) -> Callable:
+    """render(params, rays [...]) -> the final round's outputs ('rgb' [..., 3], 'depth', 'acc' [...], ...).
+
+    The one render of a trained field for either model kind: the untiled model (models.NerfModel,
+    with compute_extras) or a TiledModel (all tiles here, nerflib.tiled.pipeline.ray_render).
+    Deterministic (no sampling jitter), not jitted, differentiable w.r.t. params and rays (pose
+    refinement in nerflib.localize differentiates it w.r.t. the camera pose). extras: the untiled
+    model's compute_extras (termination-distance percentiles, ...); `model.apply` gets zero_glo and
+    compute_extras only when set, so any object with NerfModel's `apply` renders too (tests)."""
+    from nerflib.tiled.model import TiledModel
+
+    if isinstance(model, TiledModel):
+        from nerflib.tiled import pipeline
+
+        return pipeline.ray_render(model)
+
+    kw = {**({"compute_extras": True} if extras else {}), **({"zero_glo": True} if zero_glo else {})}
+
+    def render(params, rays):
+        renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0, **kw)
+        return renderings[-1]
+
+    return render
 
 
 def field_of(cfg: configs.Config, params, mesh, *, num_images: int = 1):

@@ -136,12 +136,19 @@ def gather_last(x, *, axis_name: str):
     return jax.lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)
 
 
+_FACE = 1e30  # a box face "at infinity" in box_entry_exit
+
+
 def box_entry_exit(origins, directions, lo, hi):
     """(t_enter, t_exit) of rays [..., 3] in the axis-aligned box [lo, hi] (slab method); t_enter >
-    t_exit when the ray misses it. Directions with a zero component are handled by +-inf slabs."""
+    t_exit when the ray misses it. Directions with a zero component are handled by +-inf slabs;
+    faces may be +-inf (a tiled layout's outer faces)."""
     inv = 1.0 / jnp.where(directions == 0, 1e-30, directions)
-    t0 = (jnp.asarray(lo) - origins) * inv
-    t1 = (jnp.asarray(hi) - origins) * inv
+    # Infinite faces become +-1e30 (their slab never binds either way): (lo - o) = inf would make the
+    # gradient w.r.t. the directions 0 * inf = NaN even where that slab is not selected (pose refinement
+    # differentiates the render w.r.t. the directions).
+    t0 = (jnp.clip(jnp.asarray(lo), -_FACE, _FACE) - origins) * inv
+    t1 = (jnp.clip(jnp.asarray(hi), -_FACE, _FACE) - origins) * inv
     return jnp.max(jnp.minimum(t0, t1), axis=-1), jnp.min(jnp.maximum(t0, t1), axis=-1)
 
 

@@ -48,18 +48,17 @@ def _focal_mask(model_name: str) -> np.ndarray:
 
 
 def _render_fn(model) -> Callable:
-    """render(params, rays [...]) -> rgb [..., 3] of the final round, deterministic.
+    """render(params, rays [...]) -> rgb [..., 3] of the final round, deterministic: evaluate.ray_render,
+    the one differentiable render of either model kind (untiled, tiled; or any object with the
+    NerfModel's `apply`, such as the tests' analytic fields).
 
     params are an argument of every jitted function here, never a closure
     constant (XLA would fold a whole network into the program).
     """
-    kw = {"zero_glo": True} if uses_glo(model) else {}
+    from nerflib import evaluate
 
-    def render(params, rays):
-        renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0, **kw)
-        return renderings[-1]["rgb"]
-
-    return render
+    final = evaluate.ray_render(model, zero_glo=uses_glo(model), extras=False)
+    return lambda params, rays: final(params, rays)["rgb"]
 
 
 def uses_glo(model) -> bool:

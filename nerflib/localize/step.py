@@ -33,7 +33,7 @@ import numpy as np
 from nerflib import cameras as cam_lib
 from nerflib import fileio, parallel, scene_io
 from nerflib import images as images_mod
-from nerflib.localize.optimize import localize, score_poses, uses_glo
+from nerflib.localize.optimize import localize, score_poses
 from nerflib.localize.options import WORKFLOW_OPTIONS, Options
 from nerflib.localize.pixels import downsample
 from nerflib.localize.poses import to_normalized, to_original
@@ -257,6 +257,7 @@ class _Field:
     params: Any
     step: int
     model: Any
+    render_fn: Any  # evaluate.field_of's chunk renderer (the views)
     mesh: Any
     scene: Scene
     norm_scene: Scene
@@ -267,21 +268,17 @@ class _Field:
 
 
 def _load_field(model_dir, scene_json) -> _Field:
-    from nerflib import checkpoint, evaluate, models
+    from nerflib import checkpoint, evaluate
 
-    tiles = checkpoint.load_config(model_dir).tiles
-    if tiles > 1:
-        raise ValueError(f"{model_dir} holds a tiled field (tiles {tiles}); localization against tiled fields is "
-                         "not supported yet (docs/tiles.md): train the scene with tiles 1 to localize against it")
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh()  # a tiled field's params replicated too: every device renders all tiles
     cfg, params, ckpt_step = checkpoint.restore_params(model_dir, mesh)
     scene = scene_io.read_scene_json(scene_json)
     norm_scene, norm, cfg = normalization_of(cfg, scene)
     near = cfg.near if cfg.near is not None else (norm_scene.near if norm_scene.near is not None else cfg.model.near)
     far = cfg.far if cfg.far is not None else (norm_scene.far if norm_scene.far is not None else cfg.model.far)
-    model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, max(1, len(scene))))
-    return _Field(cfg=cfg, params=params, step=ckpt_step, model=model, mesh=mesh, scene=scene, norm_scene=norm_scene,
-                  norm=norm, radius=scene_radius(cfg, norm_scene), near=near, far=far)
+    model, render_fn = evaluate.field_of(cfg, params, mesh, num_images=max(1, len(scene)))  # untiled or tiled
+    return _Field(cfg=cfg, params=params, step=ckpt_step, model=model, render_fn=render_fn, mesh=mesh, scene=scene,
+                  norm_scene=norm_scene, norm=norm, radius=scene_radius(cfg, norm_scene), near=near, far=far)
 
 
 def _query_cameras(photos: dict, given, gt_poses, scene: Scene) -> dict[str, Camera]:
@@ -371,7 +368,6 @@ def _write_views(results, photos, cams, field: _Field, folder: Path, *, main: bo
     """views/<stem>.png: photo | render at the found pose | difference, at the training factor."""
     from nerflib import evaluate
 
-    fn = evaluate.make_render_fn(field.model, field.mesh, zero_glo=uses_glo(field.model))
     f = field.cfg.factor
     for r in results:
         photo = downsample(photos[r["name"]], f)
@@ -382,6 +378,6 @@ def _write_views(results, photos, cams, field: _Field, folder: Path, *, main: bo
                 for n, v in zip(CAMERA_MODELS[small.model], small.params)))
         rays = cam_lib.generate_rays(small, r["c2w"], near=field.near, far=field.far)
         out = evaluate.render_image(field.model, field.params, rays, chunk_size=field.cfg.render_chunk_size,
-                                    mesh=field.mesh, render_fn=fn)
+                                    mesh=field.mesh, render_fn=field.render_fn)
         if main:
             fileio.write_image(folder / (Path(r["name"]).stem + ".png"), evaluate.side_by_side(photo, out["rgb"]))

@@ -86,6 +86,20 @@ def model_of(cfg, params) -> TiledModel:
     return TiledModel(cfg.model, TileLayout(**{n: np.asarray(boxes[n], np.float64) for n in _BOX_NAMES}))
 
 
+def ray_render(model: TiledModel):
+    """render(params, rays [...]) -> {'rgb' [..., 3], 'depth', 'acc' [...]}: all tiles on this device,
+    deterministic (centred samples), not jitted, differentiable w.r.t. params and rays
+    (evaluate.ray_render's tiled case; params with or without their 'tile_boxes')."""
+
+    def render(params, rays):
+        shape = rays.origins.shape[:-1]
+        flat = jax.tree.map(lambda x: x.reshape(-1, x.shape[-1]), rays)  # render_local takes rays [R]
+        out, _ = model.render(fields(params), flat, jitter=None, train_frac=1.0)
+        return {k: out[k].reshape(shape + out[k].shape[1:]) for k in ("rgb", "depth", "acc")}
+
+    return render
+
+
 def make_render_fn(model: TiledModel, mesh: Mesh):
     """jit(params, rays [C]) -> {'rgb' [C, 3], 'depth' [C], 'acc' [C]}, deterministic (centred samples).
 
