@@ -1,13 +1,16 @@
 """The tiled field through the pipeline's steps (Config.tiles, issue #26): train -> evaluate on CPU.
 
 One process with 2 host devices (this file is its script, run by helpers.tiled.run_script): a
-small demo scene (16 orbit views, 32 x 24, every 4th held out) trained with tiles 2 through nerflib.train's loop on a 1 (data) x 2 (tile) mesh, stopped
-at step 50 (checkpoint) and resumed to 100, then steps.evaluate on the held-out views:
+small demo scene (16 orbit views, 32 x 24, every 4th held out) trained with tiles 2 through nerflib.train's loop on a
+1 (data) x 2 (tile) mesh, stopped at step 50 (checkpoint) and resumed to 100, then steps.evaluate on the held-out
+views and localize.localize_step on two training photos:
   * the loss falls and the held-out PSNR is well above a blank image's;
   * the run resumes at the checkpoint's step, and the checkpoint restored onto the tile mesh (as
     the loop restores it) equals the one read replicated, every tile array sharded P('tile') with
     each device holding its own tile;
-  * final.json and the summary say tiles 2 on a 1 x 2 mesh.
+  * final.json and the summary say tiles 2 on a 1 x 2 mesh;
+  * localization against the tiled model folder writes poses.json and the views (the pose
+    optimisation itself: test_tiled_localize).
 """
 
 from __future__ import annotations
@@ -85,6 +88,21 @@ def _main() -> None:
     blank = max(np.mean([-10 * np.log10(np.mean((gt - c) ** 2)) for gt in views]) for c in (0.0, 1.0))
     assert result["psnr"] > blank + 3.0, (result["psnr"], blank)
     assert (root / "eval" / "metrics.tsv").is_file()
+    # localize.localize_step against the tiled model folder: two training photos as queries from their poses.
+    from nerflib import localize
+    from nerflib.types import Scene
+
+    scene = scene_io.read_scene_json(scene_json)
+    (root / "queries").mkdir()
+    for n in scene.names[1:3]:
+        shutil.copy(images / n, root / "queries" / n)
+    given = Scene(names=scene.names[1:3], c2w=scene.c2w[1:3], cameras=scene.cameras, camera_idx=scene.camera_idx[1:3])
+    scene_io.write_poses_json(given, root / "given.json")
+    loc = localize.localize_step(model_dir, scene_json, root / "queries", root / "loc", query_poses=root / "given.json",
+                                 gt_poses=root / "given.json", iters=4, restarts=1, n_pixels=32, coarse_to_fine=(1,),
+                                 n_eval=64, progress=False, log=lambda m: None)
+    assert loc["queries"] == 2 and loc["starts"] == {n: "pose_file" for n in given.names}, loc
+    assert (root / "loc" / "poses.json").is_file() and len(list((root / "loc" / "views").glob("*.png"))) == 2
     shutil.rmtree(root, ignore_errors=True)  # kept when a check fails, to look at
     print(f"TILED PIPELINE OK loss {loss} psnr {result['psnr']:.2f} (blank {blank:.2f})", flush=True)
 
