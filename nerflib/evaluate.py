@@ -68,7 +68,7 @@ def ray_render(model, *, zero_glo: bool = False, extras: bool = True) -> Callabl
     if isinstance(model, TiledModel):
         from nerflib.tiled import pipeline
 
-        return pipeline.ray_render(model)
+        return pipeline.ray_render(model, extras=extras)
 
     kw = {**({"compute_extras": True} if extras else {}), **({"zero_glo": True} if zero_glo else {})}
 

@@ -274,15 +274,17 @@ DEPTH_KEYS = ("rgb", "acc", "depth", "distance_median", "distance_percentile_5",
 
 @functools.lru_cache(maxsize=4)
 def _depth_render_fn(model, mesh, zero_glo: bool):
-    """evaluate.make_render_fn's function, returning the termination-distance percentiles too."""
+    """evaluate.make_render_fn's function, returning the termination-distance percentiles too (either model
+    kind: evaluate.ray_render; a tiled model renders all its tiles on every device)."""
     import jax
 
-    from nerflib import parallel
+    from nerflib import evaluate, parallel
+
+    final = evaluate.ray_render(model, zero_glo=zero_glo, extras=True)
 
     def render(params, rays):
-        renderings, _ = model.apply({"params": params}, rays, rng=None, train_frac=1.0, compute_extras=True,
-                                    zero_glo=zero_glo)
-        return {k: renderings[-1][k] for k in DEPTH_KEYS}
+        out = final(params, rays)
+        return {k: out[k] for k in DEPTH_KEYS}
 
     return jax.jit(render, in_shardings=(parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)),
                    out_shardings=parallel.replicated_sharding(mesh))
@@ -295,16 +297,12 @@ def render_depth_views(model_dir, scene_json, *, images=None, options: PointClou
     Returns (views in the training frame, the training normalization (None: none), the model's step).
     """
     from nerflib import cameras as cam_lib
-    from nerflib import checkpoint, evaluate, models, parallel, video
+    from nerflib import checkpoint, evaluate, parallel, video
 
-    tiles = checkpoint.load_config(model_dir).tiles
-    if tiles > 1:
-        raise ValueError(f"{model_dir} holds a tiled field (tiles {tiles}); the point cloud of a tiled field is not "
-                         "supported yet (docs/tiles.md): export transforms or colmap, or train with tiles 1")
     mesh = parallel.make_mesh() if mesh is None else mesh
-    cfg, params, step = checkpoint.restore_params(model_dir, mesh)
+    cfg, params, step = checkpoint.restore_params(model_dir, mesh)  # a tiled field's params replicated too
     frame = video.training_frame(cfg, scene_json, images=images)
-    model = models.make_model(cfg.model, num_images=evaluate.num_images_of(params, frame.dataset.num_train_images))
+    model, _ = evaluate.field_of(cfg, params, mesh, num_images=frame.dataset.num_train_images)  # untiled or tiled
     fn = _depth_render_fn(model, mesh, cfg.model.num_glo_features > 0)
     which = np.asarray(frame.train)
     if options.max_views and len(which) > options.max_views:

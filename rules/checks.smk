@@ -178,10 +178,6 @@ def _check_settings(rows):
             raise WorkflowError(f"config/config.yaml, train.overrides: {e} (with preset {preset}). "
                                 "Fix or remove the entry; the fields are those of nerflib.configs.Config.")
         checked.add((preset, tiles))
-    for scene, (preset, tiles) in rows.items():  # what tiled models do not do yet (docs/tiles.md)
-        if tiles > 1 and "ply" in sheet.loc[scene]["export"]:
-            raise _sheet_error(scene, "export", f"the ply export of a tiled field (tiles {tiles}) is not supported "
-                               "yet; drop `ply` from `export`, or set `tiles` to 1 for this row.")
     settings = {k: v for k, v in config["localize"].items() if k in localize.Options.__dataclass_fields__}
     try:
         configs.check_fields(localize.Options, {**settings, **(config["localize"]["options"] or {})},

@@ -92,6 +92,54 @@ def check_one_tile_is_the_plain_model():
     np.testing.assert_allclose(loss, loss_p, rtol=1e-5)  # data, interlevel and distortion
 
 
+def _percentiles_reference(tdist, weights, acc, far, ps):
+    """Naive float64 loop: every tile's intervals of a ray sorted by start, the missing mass on [t_last, far],
+    each percentile interpolated linearly inside the interval where the cumulative weight reaches it."""
+    out = np.zeros((len(acc), len(ps)))
+    for r in range(len(acc)):
+        iv = sorted((t[i], t[i + 1], wk[i]) for t, wk in zip(tdist[r], weights[r]) for i in range(len(wk)))
+        iv.append((max(b for _, b, _ in iv), far[r, 0], max(0.0, 1.0 - acc[r])))
+        for j, p in enumerate(ps):
+            u, cum = p / 100.0, 0.0
+            for a, b, w in iv:
+                if w > 0 and cum + w >= u:
+                    out[r, j] = a + (b - a) * (u - cum) / w
+                    break
+                cum += w
+            else:
+                out[r, j] = iv[-1][1]
+    return out
+
+
+def check_distance_percentiles_over_tiles():
+    """The ply export's termination-distance percentiles of a tiled render: K == 4 against the naive loop,
+    K == 1 against models.NerfModel's compute_extras."""
+    from nerflib import render
+    from nerflib.tiled import pipeline
+
+    model = tiled.TiledModel(small_cfg(), layout(4))
+    params = noisy_params(model, 1)
+    rays = random_rays(2)
+    out, hist = jax.jit(lambda p: model.render(p, rays))(params)
+    got = jax.jit(pipeline.distance_percentiles)(hist[-1]["tdist"], hist[-1]["weights"], out["acc"], rays.far)
+    ref = _percentiles_reference(*(np.asarray(x, np.float64) for x in (hist[-1]["tdist"], hist[-1]["weights"],
+                                                                          out["acc"], rays.far)),
+                                 render.DISTANCE_PERCENTILES)
+    names = ("distance_percentile_5", "distance_median", "distance_percentile_95")
+    for j, name in enumerate(names):
+        np.testing.assert_allclose(got[name], ref[:, j], rtol=1e-4, atol=1e-4, err_msg=name)
+    assert np.ptp(ref[:, 1]) > 0.1  # rays ending at different depths
+    cfg = small_cfg()
+    one = tiled.TiledModel(cfg, tiled.whole_space_layout())
+    params = noisy_params(one, 5)
+    tiled_out = jax.jit(pipeline.ray_render(one, extras=True))(params, rays)
+    plain = models.make_model(cfg, num_images=1)
+    rend, _ = jax.jit(lambda p: plain.apply({"params": p}, rays, rng=None, train_frac=1.0, compute_extras=True))(
+        jax.tree.map(lambda x: x[0], params))
+    for name in names:
+        np.testing.assert_allclose(tiled_out[name], rend[-1][name], rtol=2e-4, atol=2e-4, err_msg=name)
+
+
 def test_layout_and_unsupported_options():
     pts = np.random.default_rng(0).normal(size=(1000, 3)) * [3.0, 1.0, 0.2]
     lay = tiled.layout_from_points(pts, 4)
@@ -103,7 +151,8 @@ def test_layout_and_unsupported_options():
         tiled.TiledModel(small_cfg(opaque_background=True), lay)
 
 
-CHECKS = (check_tiled_render_equals_the_untiled_sequence_with_gradients, check_one_tile_is_the_plain_model)
+CHECKS = (check_tiled_render_equals_the_untiled_sequence_with_gradients, check_one_tile_is_the_plain_model,
+          check_distance_percentiles_over_tiles)
 
 
 @functools.cache

@@ -10,7 +10,7 @@ views and localize.localize_step on two training photos:
     each device holding its own tile;
   * final.json and the summary say tiles 2 on a 1 x 2 mesh;
   * localization against the tiled model folder writes poses.json and the views (the pose
-    optimisation itself: test_tiled_localize).
+    optimisation itself: test_tiled_localize), and its ply export writes points.
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ def _main() -> None:
                                  n_eval=64, progress=False, log=lambda m: None)
     assert loc["queries"] == 2 and loc["starts"] == {n: "pose_file" for n in given.names}, loc
     assert (root / "loc" / "poses.json").is_file() and len(list((root / "loc" / "views").glob("*.png"))) == 2
+    # The ply export of the tiled model folder (depth percentiles over the tiles: test_tiled).
+    from nerflib import export
+
+    cloud = export.point_cloud(model_dir, scene_json, root / "points.ply", images=images,
+                               options=export.PointCloudOptions(max_views=3), log=lambda m: None)
+    points = export.read_ply(root / "points.ply")[0]
+    assert len(points) > 50 and np.all(np.isfinite(points)), (cloud, len(points))
     shutil.rmtree(root, ignore_errors=True)  # kept when a check fails, to look at
     print(f"TILED PIPELINE OK loss {loss} psnr {result['psnr']:.2f} (blank {blank:.2f})", flush=True)
 

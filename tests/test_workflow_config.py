@@ -55,8 +55,6 @@ BAD_SHEETS = {
     "tiles with an MLP preset": (
         [HEADER + "\ttiles", "demo\tsynthetic\tPINHOLE\t2\tmipnerf360\texhaustive\t\t\t\t\t2"],
         ["column 'tiles'", "field must be 'hashgrid'", "presets it supports: tiny, fast, quality"]),
-    "tiles with a ply export": (
-        [HEADER + "\ttiles\texport", GOOD_ROW + "\t2\tply"], ["column 'export'", "tiled field (tiles 2)"]),
     "missing query folder": (
         [HEADER, GOOD_ROW.replace("\tsynthetic", "\t/nope/queries").replace("demo\t/nope/queries", "demo\tsynthetic")],
         ["column 'queries'", "/nope/queries", "does not exist"],

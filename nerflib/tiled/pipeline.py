@@ -86,18 +86,44 @@ def model_of(cfg, params) -> TiledModel:
     return TiledModel(cfg.model, TileLayout(**{n: np.asarray(boxes[n], np.float64) for n in _BOX_NAMES}))
 
 
-def ray_render(model: TiledModel):
+def ray_render(model: TiledModel, *, extras: bool = False):
     """render(params, rays [...]) -> {'rgb' [..., 3], 'depth', 'acc' [...]}: all tiles on this device,
     deterministic (centred samples), not jitted, differentiable w.r.t. params and rays
-    (evaluate.ray_render's tiled case; params with or without their 'tile_boxes')."""
+    (evaluate.ray_render's tiled case; params with or without their 'tile_boxes'). extras: also
+    'distance_median', 'distance_percentile_5', '_95' (`distance_percentiles`), as the untiled model's
+    compute_extras gives them."""
 
     def render(params, rays):
         shape = rays.origins.shape[:-1]
         flat = jax.tree.map(lambda x: x.reshape(-1, x.shape[-1]), rays)  # render_local takes rays [R]
-        out, _ = model.render(fields(params), flat, jitter=None, train_frac=1.0)
-        return {k: out[k].reshape(shape + out[k].shape[1:]) for k in ("rgb", "depth", "acc")}
+        out, hist = model.render(fields(params), flat, jitter=None, train_frac=1.0)
+        out = {k: out[k] for k in ("rgb", "depth", "acc")}
+        if extras:
+            out.update(distance_percentiles(hist[-1]["tdist"], hist[-1]["weights"], out["acc"], flat.far))
+        return {k: v.reshape(shape + v.shape[1:]) for k, v in out.items()}
 
     return render
+
+
+def distance_percentiles(tdist, weights, acc, far) -> dict:
+    """Termination-distance percentiles [R] of the final round over all tiles, as render.volumetric_rendering's
+    extras: tdist [R, K, n+1] and global weights [R, K, n] of every tile (a render's history), acc [R],
+    far [R, 1]. The tiles' intervals (disjoint) in the order the ray enters them, a zero-weight gap
+    between consecutive tiles, and the missing mass 1 - acc on [t_last, far]."""
+    from nerflib import render as render_lib
+    from nerflib import stepfun
+
+    order = jnp.argsort(tdist[..., 0], axis=-1)  # a tile's intervals start at its entry (missed: at far)
+    t = jnp.take_along_axis(tdist, order[..., None], axis=1)
+    w = jnp.take_along_axis(weights, order[..., None], axis=1)
+    r, k, n = w.shape
+    t = t.reshape(r, k * (n + 1))
+    w = jnp.concatenate([w, jnp.zeros((r, k, 1), w.dtype)], axis=-1).reshape(r, k * (n + 1))[:, :-1]
+    t_aug = jnp.concatenate([t, jnp.broadcast_to(far, (r, 1))], axis=-1)
+    w_aug = jnp.concatenate([w, jnp.maximum(0.0, 1.0 - acc)[:, None]], axis=-1)
+    pct = stepfun.weighted_percentile(t_aug, w_aug, render_lib.DISTANCE_PERCENTILES)
+    return {("distance_median" if p == 50.0 else f"distance_percentile_{int(p)}"): pct[..., i]
+            for i, p in enumerate(render_lib.DISTANCE_PERCENTILES)}
 
 
 def make_render_fn(model: TiledModel, mesh: Mesh):
