@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from helpers.tiled import run_script
+from helpers.tiled import assert_script_prints
 
 HERE = Path(__file__).resolve()
 
@@ -55,9 +55,7 @@ def _main() -> None:
 
 
 def test_tiled_field_localizes_a_perturbed_view():
-    result = run_script(HERE, devices=1)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "TILED LOCALIZE OK" in result.stdout, result.stdout[-3000:]
+    assert_script_prints(HERE, "TILED LOCALIZE OK")
 
 
 if __name__ == "__main__":

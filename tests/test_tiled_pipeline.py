@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from helpers.tiled import run_script
+from helpers.tiled import assert_script_prints, restore_on_training_mesh
 
 HERE = Path(__file__).resolve()
 HASH = (("num_levels", 4), ("features_per_level", 2), ("log2_table_size", 10), ("base_resolution", 4),
@@ -57,11 +57,7 @@ def _main() -> None:
     first = train_mod.train(cfg, ds, model_dir, stop_after=50, progress=False, tb=False,
                             fingerprint=fingerprint.of_training(cfg, ds))
     assert first["final_step"] == 50 and first["tiles"] == 2 and first["mesh"] == {"data": 1, "tile": 2}, first
-    mesh = train_mod.training_mesh(cfg)
-    trainer = train_mod.make_trainer(cfg, ds, mesh)
-    template = trainer.init(jax.random.PRNGKey(0))
-    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(model_dir)) as ckpt:
-        state, step = ckpt.restore_latest_good(mesh, template=template, shardings=trainer.shardings(template))
+    mesh, trainer, state, step = restore_on_training_mesh(cfg, ds, model_dir)
     assert step == 50 and int(state.step) == 50
     _, plain, _ = checkpoint.restore_params(model_dir, jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain)):
@@ -115,9 +111,7 @@ def _main() -> None:
 
 
 def test_tiled_training_resumes_and_evaluates():
-    result = run_script(HERE, devices=2)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "TILED PIPELINE OK" in result.stdout, result.stdout[-3000:]
+    assert_script_prints(HERE, "TILED PIPELINE OK", devices=2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from helpers.processes import flat, free_port, load_npz, run_together, train_tsv
-from helpers.tiled import FAST_XLA
+from helpers.tiled import FAST_XLA, restore_on_training_mesh
 from helpers.training import compile_cache, subprocess_env
 
 HERE = Path(__file__).resolve()
@@ -72,7 +72,7 @@ def _worker(out: Path, process_id: int, port: int) -> None:
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from nerflib import checkpoint, train
+    from nerflib import train
 
     assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
     cfg, ds = _config_and_data(out / f"data{process_id}")  # each process reads its own copy (same content)
@@ -80,11 +80,7 @@ def _worker(out: Path, process_id: int, port: int) -> None:
     first = train.train(cfg, ds, model_dir, stop_after=3, progress=False, tb=False)
     assert first["final_step"] == 3 and first["processes"] == 2 and first["mesh"] == {"data": 1, "tile": 2}, first
     # The step-3 checkpoint restored onto the mesh as the loop restores it: this process holds its tile only.
-    mesh = train.training_mesh(cfg)
-    trainer = train.make_trainer(cfg, ds, mesh)
-    template = trainer.init(jax.random.PRNGKey(0))
-    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(model_dir)) as ckpt:
-        state, step = ckpt.restore_latest_good(mesh, template=template, shardings=trainer.shardings(template))
+    mesh, trainer, state, step = restore_on_training_mesh(cfg, ds, model_dir)
     assert step == 3 and int(state.step) == 3
     coord = {d: j for row in mesh.devices for j, d in enumerate(row)}
     (mine,) = jax.local_devices()
@@ -94,7 +90,7 @@ def _worker(out: Path, process_id: int, port: int) -> None:
         assert a.sharding.spec == P("tile") and not a.is_fully_addressable, a.sharding
         (shard,) = a.addressable_shards
         assert shard.device == mine and shard.index[0] == slice(coord[mine], coord[mine] + 1), shard.index
-    del state, template
+    del state
     second = train.train(cfg, ds, model_dir, progress=False, tb=False)
     assert (second["start_step"], second["final_step"]) == (3, 6), second
     _save_params(model_dir, out / "mp_params.npz")

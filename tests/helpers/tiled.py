@@ -64,3 +64,23 @@ def run_script(script: Path, devices: int = 1) -> subprocess.CompletedProcess:
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_XLA}",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def assert_script_prints(script: Path, marker: str, *, devices: int = 1) -> None:
+    """Run a test module as a script (`run_script`); it must exit 0 having printed `marker`."""
+    result = run_script(script, devices=devices)
+    assert result.returncode == 0 and marker in result.stdout, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def restore_on_training_mesh(cfg, ds, model_dir):
+    """The latest good checkpoint of `model_dir` restored as the training loop restores it:
+    (mesh, trainer, state, step), every array on the training mesh's shardings."""
+    from nerflib import checkpoint
+    from nerflib import train as train_mod
+
+    mesh = train_mod.training_mesh(cfg)
+    trainer = train_mod.make_trainer(cfg, ds, mesh)
+    template = trainer.init(jax.random.PRNGKey(0))
+    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(model_dir)) as ckpt:
+        state, step = ckpt.restore_latest_good(mesh, template=template, shardings=trainer.shardings(template))
+    return mesh, trainer, state, step
