@@ -23,7 +23,7 @@ import numpy as np
 
 from nerflib import stepfun
 
-__all__ = ["compute_alpha_weights", "volumetric_rendering", "DISTANCE_PERCENTILES"]
+__all__ = ["compute_alpha_weights", "volumetric_rendering", "distance_percentiles", "DISTANCE_PERCENTILES"]
 
 _EPS = float(np.finfo(np.float32).eps)
 
@@ -87,8 +87,13 @@ def volumetric_rendering(rgbs, weights, tdist, bg_rgbs, *, t_far, compute_extras
         # holding the background weight, so the weights sum to exactly 1.
         t_aug = jnp.concatenate([tdist, jnp.broadcast_to(t_far, tdist.shape[:-1] + (1,))], axis=-1)
         w_aug = jnp.concatenate([weights, bg_w], axis=-1)
-        pct = stepfun.weighted_percentile(t_aug, w_aug, DISTANCE_PERCENTILES)
-        for i, p in enumerate(DISTANCE_PERCENTILES):
-            name = "distance_median" if p == 50.0 else f"distance_percentile_{int(p)}"
-            out[name] = pct[..., i]
+        out.update(distance_percentiles(t_aug, w_aug))
     return out
+
+
+def distance_percentiles(t, w) -> dict:
+    """{'distance_median', 'distance_percentile_5', '_95'} [...] of the termination distance (t, w),
+    w summing to 1 (DISTANCE_PERCENTILES; the tiled model's extras use it too)."""
+    pct = stepfun.weighted_percentile(t, w, DISTANCE_PERCENTILES)
+    return {("distance_median" if p == 50.0 else f"distance_percentile_{int(p)}"): pct[..., i]
+            for i, p in enumerate(DISTANCE_PERCENTILES)}

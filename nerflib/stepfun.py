@@ -384,6 +384,8 @@ def blur_and_resample_weights(tq, t, w, halfwidth):
     with this. tq [..., m+1] sorted; halfwidth > 0, a scalar or broadcastable to tq. Returns
     [..., m] (>= 0; the mass blurred past tq's ends is not counted).
     """
-    r = jnp.asarray(halfwidth, dtype=w.dtype)
-    g = (_cdf_antiderivative(tq + r, t, w) - _cdf_antiderivative(tq - r, t, w)) / (2.0 * r)
+    r = jnp.broadcast_to(jnp.asarray(halfwidth, dtype=w.dtype), tq.shape)
+    m = tq.shape[-1]
+    both = _cdf_antiderivative(jnp.concatenate([tq + r, tq - r], axis=-1), t, w)  # one search, one CDF
+    g = (both[..., :m] - both[..., m:]) / (2.0 * r)
     return jnp.maximum(0.0, g[..., 1:] - g[..., :-1])

@@ -111,7 +111,6 @@ def distance_percentiles(tdist, weights, acc, far) -> dict:
     far [R, 1]. The tiles' intervals (disjoint) in the order the ray enters them, a zero-weight gap
     between consecutive tiles, and the missing mass 1 - acc on [t_last, far]."""
     from nerflib import render as render_lib
-    from nerflib import stepfun
 
     order = jnp.argsort(tdist[..., 0], axis=-1)  # a tile's intervals start at its entry (missed: at far)
     t = jnp.take_along_axis(tdist, order[..., None], axis=1)
@@ -121,9 +120,7 @@ def distance_percentiles(tdist, weights, acc, far) -> dict:
     w = jnp.concatenate([w, jnp.zeros((r, k, 1), w.dtype)], axis=-1).reshape(r, k * (n + 1))[:, :-1]
     t_aug = jnp.concatenate([t, jnp.broadcast_to(far, (r, 1))], axis=-1)
     w_aug = jnp.concatenate([w, jnp.maximum(0.0, 1.0 - acc)[:, None]], axis=-1)
-    pct = stepfun.weighted_percentile(t_aug, w_aug, render_lib.DISTANCE_PERCENTILES)
-    return {("distance_median" if p == 50.0 else f"distance_percentile_{int(p)}"): pct[..., i]
-            for i, p in enumerate(render_lib.DISTANCE_PERCENTILES)}
+    return render_lib.distance_percentiles(t_aug, w_aug)
 
 
 def make_render_fn(model: TiledModel, mesh: Mesh):
