@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nerflib import rigid
+
 # A pair agrees with the model when the model's relative rotation of its two
 # cameras is within this angle of the pair's own. Measured on correct models:
 # the demo orbit's pairs median 0.27 deg, bonsai's 0.32 deg; a view turned by
@@ -43,12 +45,6 @@ PAIRS_PER_IMAGE = 10
 # other side of a symmetric object) that a correct model rightly contradicts.
 IMAGE_MIN_SUPPORT = 0.5
 MIN_PAIR_INLIERS = 15  # pairs with fewer inlier matches are not used (COLMAP's min_num_matches)
-
-
-def _rotation_deg(r1, r2) -> float:
-    """Angle in degrees of r1^T r2 for rotation matrices [3, 3]."""
-    cos = (np.trace(np.asarray(r1).T @ np.asarray(r2)) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))  # clip: rounding can leave [-1, 1]
 
 
 def strongest_pairs(pairs: dict[tuple[str, str], int], k: int = PAIRS_PER_IMAGE) -> set[tuple[str, str]]:
@@ -108,7 +104,7 @@ def pair_consistency(rec, database) -> dict:
                                                         keypoints[b][matches[:, 1]], geom):
             continue  # no pose from this pair (e.g. no point in front of both cameras): no verdict
         model = images[b].cam_from_world().rotation.matrix() @ images[a].cam_from_world().rotation.matrix().T
-        deg = _rotation_deg(geom.cam2_from_cam1.rotation.matrix(), model)
+        deg = float(rigid.rotation_error_deg(geom.cam2_from_cam1.rotation.matrix(), model))
         scored.append((deg, a, b))
         for name in (a, b):
             total[name] += len(matches)
