@@ -11,8 +11,8 @@
 # Each capture should fit one 10-minute call: `fast` ends its 25k-step schedule in about 2.7 min,
 # `quality` its 26k steps in about 4.8 min (capped at 5 min of training, first step included).
 # Evaluations are outside that clock but inside the call's: in call 25 one evaluation of bonsai's
-# 37 views took about 48 s (the views' rays were then made again for each evaluation; train_bench
-# now makes them once), so only two marks per run besides the end.
+# 37 views took about 48 s (undoing the lens distortion then cost ~1 s per view on the host; since
+# then a camera's rays are made once, nerflib.cameras), so only two marks per run besides the end.
 # bonsai9: `quality` alone on a 9-minute schedule (the issue's 33.5 dB goal).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

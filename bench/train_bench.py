@@ -77,25 +77,13 @@ def peak_memory_gb() -> float | None:
         return None
 
 
-_HELD_OUT: dict[tuple[int, int], list] = {}
-
-
-def held_out_views(test: datasets.Dataset, n_views: int) -> list:
-    """[(rays, gt)] of the first `n_views` test views, made once per run of the script: a real
-    capture's rays (lens distortion undone on the host) take about a second per 800x533 view,
-    which every evaluation would otherwise spend again."""
-    key = (id(test), n_views)
-    if key not in _HELD_OUT:
-        views = test.iterate_views()
-        _HELD_OUT[key] = [(rays, gt) for _, (_, rays, gt) in zip(range(n_views), views)]
-    return _HELD_OUT[key]
-
-
 def held_out_quality(cfg, model, params, test: datasets.Dataset, mesh, n_views: int) -> tuple[float, float]:
     """Mean (PSNR, SSIM) over the first `n_views` test views."""
     fn = evaluate.make_render_fn(model, mesh)
     psnrs, ssims = [], []
-    for rays, gt in held_out_views(test, n_views):
+    for i, (name, rays, gt) in enumerate(test.iterate_views()):
+        if i >= n_views:
+            break
         out = evaluate.render_image(model, params, rays, chunk_size=cfg.render_chunk_size, mesh=mesh, render_fn=fn)
         rgb = np.clip(out["rgb"], 0, 1)
         psnrs.append(float(metrics.psnr(rgb, gt)))
